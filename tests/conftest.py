@@ -5,8 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-DATA_ROOT = Path(os.environ.get("BIOUNET_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+from biounet.config import UNetConfig
+from biounet.model.unet import UNet
+
+DATA_ROOT = Path(
+    os.environ.get("BIOUNET_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+)
 
 
 @pytest.fixture
@@ -19,3 +25,10 @@ def data_root() -> Path:
     if not DATA_ROOT.is_dir():
         pytest.skip(f"real data not found at {DATA_ROOT} (set BIOUNET_DATA)")
     return DATA_ROOT
+
+
+@pytest.fixture
+def tiny_unet() -> UNet:
+    """A depth-3, 4-channel U-Net with fixed weights: milliseconds per tile."""
+    torch.manual_seed(0)
+    return UNet(UNetConfig(depth=3, base_channels=4)).eval()

@@ -1,0 +1,131 @@
+"""Segment images with a trained U-Net and the overlap-tile strategy.
+
+For every IMAGE (TIFF, multi-page TIFF stack, PNG) writes into --out:
+  <name>_probability.tif   float32 foreground probability (1 - background)
+  <name>_mask.tif          uint8 class map (argmax over classes)
+  <name>_probabilities.tif float32 (C, ...) all classes, with --save-probabilities
+Files are written to a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF or PNG images")
+    parser.add_argument("--model", required=True, help="weight file (.safetensors) from biounet")
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    tiling = parser.add_argument_group("tiling")
+    tiling.add_argument(
+        "--tile-shape",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="input window per axis, a valid size of the network (default: from the budget)",
+    )
+    tiling.add_argument("--batch-size", type=int, help="tiles per forward pass (default: auto)")
+    tiling.add_argument(
+        "--memory-budget",
+        type=float,
+        default=2.0,
+        metavar="GB",
+        help="memory for network activations, picks tile and batch size (default: 2)",
+    )
+    parser.add_argument(
+        "--normalization",
+        choices=("percentile", "none"),
+        default="percentile",
+        help="intensity normalisation (default: 1st-99.8th percentile to 0-1)",
+    )
+    parser.add_argument(
+        "--save-probabilities", action="store_true", help="also write all class probabilities"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from biounet.data.io import check_input_file
+    from biounet.weightfile import load_model
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.memory_budget <= 0:
+        raise ValueError(f"--memory-budget must be positive (GB), got {args.memory_budget}")
+    paths = [check_input_file(path, name="IMAGE") for path in args.images]
+    _check_unique_stems(paths)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    if not args.overwrite:
+        for path in paths:
+            for target in _targets(out, path, args.save_probabilities):
+                if target.exists():
+                    raise FileExistsError(
+                        f"output {target} already exists; pass --overwrite to replace it"
+                    )
+    model = load_model(args.model)
+    if args.tile_shape is not None and len(args.tile_shape) != model.config.ndim:
+        raise ValueError(
+            f"--tile-shape needs {model.config.ndim} values for this {model.config.ndim}-D "
+            f"model, got {args.tile_shape}"
+        )
+    for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
+        _predict_file(model, path, out, args)
+    return 0
+
+
+def _check_unique_stems(paths: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in seen:
+            raise ValueError(
+                f"IMAGE {path} and {seen[path.stem]} share the name {path.stem!r}; "
+                "their outputs would overwrite each other"
+            )
+        seen[path.stem] = path
+
+
+def _targets(out: Path, path: Path, with_probabilities: bool) -> list[Path]:
+    names = ["probability", "mask"] + (["probabilities"] if with_probabilities else [])
+    return [out / f"{path.stem}_{name}.tif" for name in names]
+
+
+def _predict_file(model, path: Path, out: Path, args: argparse.Namespace) -> None:
+    from biounet.data.io import read_image, write_tiff
+    from biounet.data.prepare import prepare_page, split_pages
+    from biounet.inference.predict import predict_tiled
+
+    config = model.config
+    raw = read_image(path, name="IMAGE")
+    pages = split_pages(raw, ndim=config.ndim, name=f"IMAGE {path}")
+    results = []
+    for index, page in enumerate(pages):
+        name = f"IMAGE {path}" + (f" page {index}" if len(pages) > 1 else "")
+        image = prepare_page(
+            page, in_channels=config.in_channels, normalization=args.normalization, name=name
+        )
+        results.append(
+            predict_tiled(
+                model,
+                image,
+                tile_shape=tuple(args.tile_shape) if args.tile_shape else None,
+                batch_size=args.batch_size,
+                memory_budget=int(args.memory_budget * 1024**3),
+                progress=not args.quiet,
+            )
+        )
+    probabilities = np.stack(results, axis=1) if len(pages) > 1 else results[0]
+    foreground = 1.0 - probabilities[0]
+    mask = np.argmax(probabilities, axis=0).astype(np.uint8)
+    targets = _targets(out, path, args.save_probabilities)
+    write_tiff(targets[0], foreground.astype(np.float32))
+    write_tiff(targets[1], mask)
+    if args.save_probabilities:
+        write_tiff(targets[2], probabilities)

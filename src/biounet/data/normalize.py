@@ -1,0 +1,212 @@
+"""Intensity normalisation of image arrays: float conversion, percentile and z-score scaling.
+
+Typical use on an image as read from disk (no file access here, layer 0)::
+
+    image = to_float_image(raw, channels="grey")      # (Y, X) float32, values unchanged
+    image = normalize_percentile(image)               # 1st -> 0, 99.8th percentile -> 1
+
+All functions return new float32 arrays and never modify their input. A statistic of
+zero spread (a constant image, or one where the low and high percentiles coincide)
+is replaced by 1, so the result is ``image - offset`` there: all zeros for a constant
+image, never a division by zero or a blow-up by ``1 / eps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+CHANNEL_MODES = ("grey", "rgb")
+# ITU-R BT.601 luma weights, the ones Pillow's convert("L") uses.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+_MAX_SAMPLES = 4  # a last axis of 1-4 samples is read as colour (Y, X, S)
+
+Axis = int | Sequence[int] | None
+
+
+def to_float_image(image: np.ndarray, *, channels: str = "grey") -> np.ndarray:
+    """Return `image` as float32 with colour samples resolved, intensities unchanged.
+
+    Input may be grey (Y, X), or have 1-4 colour samples last as PNG and TIFF
+    readers give them: (Y, X, 1), grey + alpha (Y, X, 2), RGB (Y, X, 3) or RGBA
+    (Y, X, 4). Alpha is dropped. Volumes work the same way ((Z, Y, X) grey,
+    (Z, Y, X, S) colour); any other array of two or more axes counts as grey.
+    Values keep their scale (uint8 stays 0-255, uint16 0-65535, bool becomes 0/1),
+    since a normaliser such as `normalize_percentile` follows; integers above
+    2**24 lose precision in float32.
+
+    Args:
+        image: (Y, X) or (Y, X, S) array of bool, integer or float dtype.
+        channels: ``"grey"`` returns (Y, X): colour becomes BT.601 luma
+            0.299 R + 0.587 G + 0.114 B, except that an image with R = G = B (grey
+            stored as RGB) returns its first channel exactly. ``"rgb"`` returns
+            (3, Y, X) channels first; grey input is repeated into all three.
+
+    Returns:
+        float32 array (Y, X) for ``"grey"`` or (3, Y, X) for ``"rgb"``.
+
+    Raises:
+        TypeError: if `image` is not of bool, integer or float dtype.
+        ValueError: if `channels` is unknown or `image` has fewer than 2 axes.
+
+    Example:
+        >>> rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+        >>> rgba[..., 0] = 255  # pure red, opaque
+        >>> rgba[..., 3] = 255
+        >>> round(to_float_image(rgba)[0, 0].item(), 3)
+        76.245
+        >>> to_float_image(rgba, channels="rgb").shape
+        (3, 2, 2)
+        >>> to_float_image(np.array([[0, 65535]], dtype=np.uint16))
+        array([[    0., 65535.]], dtype=float32)
+    """
+    if channels not in CHANNEL_MODES:
+        raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
+    image = np.asarray(image)
+    _check_real_dtype(image)
+    if image.ndim < 2:
+        raise ValueError(f"image must have at least 2 axes (Y, X), got shape {image.shape}")
+    has_samples = image.ndim >= 3 and image.shape[-1] <= _MAX_SAMPLES
+    if not has_samples:
+        grey = image.astype(np.float32)
+        return grey if channels == "grey" else np.stack([grey] * 3)
+    n_samples = image.shape[-1]
+    if n_samples <= 2:  # grey, or grey + alpha
+        return to_float_image(image[..., 0], channels=channels)
+    if channels == "rgb":
+        return np.moveaxis(image[..., :3], -1, 0).astype(np.float32)
+    red, green, blue = (image[..., channel] for channel in range(3))
+    if np.array_equal(red, green) and np.array_equal(red, blue):
+        return red.astype(np.float32)
+    grey = np.multiply(red, _LUMA_WEIGHTS[0], dtype=np.float32)
+    grey += np.multiply(green, _LUMA_WEIGHTS[1], dtype=np.float32)
+    grey += np.multiply(blue, _LUMA_WEIGHTS[2], dtype=np.float32)
+    return grey
+
+
+def normalize_percentile(
+    image: np.ndarray,
+    *,
+    low: float = 1.0,
+    high: float = 99.8,
+    axis: Axis = None,
+    eps: float = 1e-20,
+    clip: bool = False,
+) -> np.ndarray:
+    """Map the `low` and `high` percentiles of `image` to 0 and 1.
+
+    Computes ``(image - p_low) / (p_high - p_low + eps)``, the normalisation of
+    CSBDeep and StarDist (defaults 1 and 99.8; percentiles by
+    linear interpolation as `np.percentile`). Without `clip`, values outside the
+    two percentiles fall below 0 or above 1; that is intended, the network sees
+    the outliers. Where ``p_high == p_low`` the divisor is 1 instead, so a
+    constant image becomes all zeros. Arithmetic runs in float64 for float64 and
+    wider-than-16-bit integer input, so a large common offset cancels exactly.
+
+    Args:
+        image: array of bool, integer or float dtype, any shape; finite values.
+        low: lower percentile in [0, 100).
+        high: upper percentile in (low, 100].
+        axis: axes the percentiles are taken over; None takes one pair over the
+            whole array. For a channels-first (C, Y, X) image, ``axis=(-2, -1)``
+            normalises each channel on its own.
+        eps: added to the divisor, as in CSBDeep; must be >= 0.
+        clip: clip the result to [0, 1].
+
+    Returns:
+        float32 array of the shape of `image`.
+
+    Raises:
+        TypeError: if `image` is not of bool, integer or float dtype.
+        ValueError: if `image` is empty or not finite, the percentiles are out of
+            order or range, `eps` is negative, or `axis` is out of range.
+
+    Example:
+        >>> image = np.arange(101, dtype=np.uint8)
+        >>> normalize_percentile(image, low=10, high=90)[[10, 50, 90, 100]]
+        array([0.   , 0.5  , 1.   , 1.125], dtype=float32)
+        >>> normalize_percentile(np.full((2, 2), 7)).max().item()
+        0.0
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
+    values = _float_copy(image)
+    axes = _normalize_axes(axis, values.ndim)
+    bottom, top = np.percentile(values, [low, high], axis=axes, keepdims=True)
+    result = _scale(values, bottom, top - bottom, eps=eps)
+    return np.clip(result, 0.0, 1.0, out=result) if clip else result
+
+
+def normalize_zscore(image: np.ndarray, *, axis: Axis = None, eps: float = 1e-20) -> np.ndarray:
+    """Return ``(image - mean) / (std + eps)`` in float32: zero mean, unit variance.
+
+    Mean and (population) standard deviation are accumulated in float64. Where the
+    standard deviation is zero the divisor is 1 instead, so a constant image
+    becomes all zeros.
+
+    Args:
+        image: array of bool, integer or float dtype, any shape; finite values.
+        axis: axes the statistics are taken over; None uses the whole array, and
+            ``axis=(-2, -1)`` normalises each channel of a (C, Y, X) image.
+        eps: added to the divisor; must be >= 0.
+
+    Returns:
+        float32 array of the shape of `image`.
+
+    Raises:
+        TypeError: if `image` is not of bool, integer or float dtype.
+        ValueError: if `image` is empty or not finite, `eps` is negative, or `axis`
+            is out of range.
+
+    Example:
+        >>> normalize_zscore(np.array([1, 3], dtype=np.uint8))
+        array([-1.,  1.], dtype=float32)
+    """
+    values = _float_copy(image)
+    axes = _normalize_axes(axis, values.ndim)
+    mean = values.mean(axis=axes, dtype=np.float64, keepdims=True)
+    std = values.std(axis=axes, dtype=np.float64, keepdims=True)
+    return _scale(values, mean, std, eps=eps)
+
+
+def _scale(values: np.ndarray, offset: np.ndarray, spread: np.ndarray, *, eps: float) -> np.ndarray:
+    """Return ``(values - offset) / (spread + eps)`` as float32, with 1 where spread is 0."""
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    divisor = np.where(spread > 0, spread + eps, 1.0)
+    values -= offset.astype(values.dtype)
+    values *= (1.0 / divisor).astype(values.dtype)
+    return values.astype(np.float32, copy=False)
+
+
+def _float_copy(image: np.ndarray) -> np.ndarray:
+    """Return a float copy of `image`, float64 where float32 would lose input precision."""
+    image = np.asarray(image)
+    _check_real_dtype(image)
+    if image.size == 0:
+        raise ValueError(f"image must not be empty, got shape {image.shape}")
+    # A large offset (1e4 + 1e-3 * x) must be subtracted before rounding to float32.
+    is_wide = image.dtype.itemsize > (4 if image.dtype.kind == "f" else 2)
+    values = image.astype(np.float64 if is_wide else np.float32)  # a copy, scaled in place
+    if not np.isfinite(values).all():
+        raise ValueError(f"image of shape {image.shape} contains NaN or infinite values")
+    return values
+
+
+def _check_real_dtype(image: np.ndarray) -> None:
+    if image.dtype.kind not in "biuf":
+        raise TypeError(f"image must have a bool, integer or float dtype, got {image.dtype}")
+
+
+def _normalize_axes(axis: Axis, ndim: int) -> tuple[int, ...] | None:
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    for value in axes:
+        if not -ndim <= value < ndim:
+            raise ValueError(f"axis {axis} is out of range for an image of {ndim} axes")
+    normalized = tuple(sorted({int(value) % ndim for value in axes}))
+    if len(normalized) != len(axes):
+        raise ValueError(f"axis {axis} repeats an axis")
+    return normalized

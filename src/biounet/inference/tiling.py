@@ -1,0 +1,271 @@
+"""Overlap-tile grid (Ronneberger et al. 2015, Fig. 2): output tiles, input windows, mirroring.
+
+Pure arithmetic on shapes plus mirror-extrapolated window reads; no torch.
+
+Each tile's output region starts at a multiple of `step`, and `step` is a multiple
+of 2**depth, so every tile's input window sits on the pooling grid of one virtual
+whole-image pass over the mirror-extended image. For a valid-convolution network the
+tiled result therefore *equals* that whole-image pass. The last tile may reach past
+the image; the surplus is computed on mirrored pixels and cropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from biounet.config import UNetConfig
+from biounet.geometry import halo as network_halo
+from biounet.geometry import is_valid_input_size, min_input_size, nearest_valid_sizes
+
+
+def mirror_indices(start: int, stop: int, size: int) -> np.ndarray:
+    """Return indices into an axis of length `size` for positions start..stop-1, mirrored.
+
+    Mirroring reflects about the first and last pixel without repeating them (numpy's
+    "reflect"), repeatedly if the range reaches further than the axis is long.
+
+    Example:
+        >>> mirror_indices(-3, 6, 4).tolist()
+        [3, 2, 1, 0, 1, 2, 3, 2, 1]
+    """
+    positions = np.arange(start, stop)
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    positions = np.mod(positions, period)
+    return np.where(positions < size, positions, period - positions)
+
+
+def read_window(array, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Read a window of the last len(start) axes, mirror-extrapolated beyond the borders.
+
+    `array` may be any array-like supporting basic slicing (numpy, zarr, dask); only
+    the in-bounds bounding box of the window is read from it.
+    """
+    n_spatial = len(start)
+    spatial_shape = array.shape[-n_spatial:]
+    indices = [
+        mirror_indices(begin, begin + length, size)
+        for begin, length, size in zip(start, shape, spatial_shape)
+    ]
+    box = tuple(slice(int(index.min()), int(index.max()) + 1) for index in indices)
+    block = np.asarray(array[(Ellipsis, *box)])
+    for axis, (index, piece) in enumerate(zip(indices, box)):
+        local = index - piece.start
+        if not (local.size == block.shape[axis - n_spatial] and np.all(np.diff(local) == 1)):
+            block = np.take(block, local, axis=axis - n_spatial)
+    return block
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: where its input window starts, and which output region it fills.
+
+    `output_start`/`output_stop` are image coordinates clipped to the image; the
+    network's output for this tile is cropped from `crop_start` on the tile's own
+    output axis by axis.
+    """
+
+    input_start: tuple[int, ...]
+    output_start: tuple[int, ...]
+    output_stop: tuple[int, ...]
+    crop_start: tuple[int, ...]
+
+    @property
+    def output_slices(self) -> tuple[slice, ...]:
+        return tuple(slice(a, b) for a, b in zip(self.output_start, self.output_stop))
+
+    def crop_slices(self) -> tuple[slice, ...]:
+        """Slices of the network output of this tile that land in the image."""
+        return tuple(
+            slice(c, c + b - a)
+            for c, a, b in zip(self.crop_start, self.output_start, self.output_stop)
+        )
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A regular overlap-tile grid over `image_shape` for one network geometry.
+
+    Attributes:
+        image_shape: spatial shape of the image.
+        tile_shape: input window shape fed to the network (a valid input shape).
+        step: distance between tile output origins, a multiple of 2**depth per axis.
+        halo: context pixels per side, between a window's start and its output.
+        crop: offset of the used output inside the network's output (0 for valid
+            padding; the halo for same padding, whose borders are zero-padded).
+    """
+
+    image_shape: tuple[int, ...]
+    tile_shape: tuple[int, ...]
+    step: tuple[int, ...]
+    halo: int
+    crop: int
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Number of tiles per axis."""
+        return tuple(
+            _count(size, tile - 2 * self.halo, step)
+            for size, tile, step in zip(self.image_shape, self.tile_shape, self.step)
+        )
+
+    def __len__(self) -> int:
+        return math.prod(self.counts)
+
+    def __iter__(self) -> Iterator[Tile]:
+        for index in itertools.product(*(range(count) for count in self.counts)):
+            start = tuple(i * step for i, step in zip(index, self.step))
+            yield Tile(
+                input_start=tuple(s - self.halo for s in start),
+                output_start=start,
+                output_stop=tuple(
+                    min(s + step_size + self._overhang(axis, i), size)
+                    for axis, (s, i, step_size, size) in enumerate(
+                        zip(start, index, self.step, self.image_shape)
+                    )
+                ),
+                crop_start=(self.crop,) * len(start),
+            )
+
+    def _overhang(self, axis: int, index: int) -> int:
+        # The last tile along an axis fills all of its output, not just one step.
+        used = self.tile_shape[axis] - 2 * self.halo
+        return used - self.step[axis] if index == self.counts[axis] - 1 else 0
+
+
+def _count(size: int, used: int, step: int) -> int:
+    # the last tile fills `used` pixels, every other one `step`
+    return 1 if size <= used else 1 + math.ceil((size - used) / step)
+
+
+def make_tile_grid(
+    config: UNetConfig, image_shape: Sequence[int], tile_shape: Sequence[int]
+) -> TileGrid:
+    """Build the tile grid for a given input window shape, checking it against the network.
+
+    Raises:
+        ValueError: if `tile_shape` has the wrong number of axes, is not a valid input
+            size of the network (the message names the nearest valid ones), or is too
+            small to produce 2**depth output pixels per axis.
+    """
+    image_shape = tuple(int(size) for size in image_shape)
+    tile_shape = tuple(int(size) for size in tile_shape)
+    depth, padding = config.depth, config.padding
+    if len(tile_shape) != len(image_shape):
+        raise ValueError(
+            f"tile_shape {tile_shape} must have {len(image_shape)} axes like the image "
+            f"{image_shape}"
+        )
+    margin = network_halo(depth=depth)
+    grid_step = 2**depth
+    steps = []
+    for axis, size in enumerate(tile_shape):
+        if size <= 0:
+            raise ValueError(f"tile_shape must be positive, got {tile_shape}")
+        if not is_valid_input_size(size, depth=depth, padding=padding):
+            below, above = nearest_valid_sizes(size, depth=depth, padding=padding)
+            nearest = f"{below} and {above}" if below is not None else f"{above} (the minimum)"
+            raise ValueError(
+                f"tile_shape {tile_shape} is not a valid input for a depth-{depth} "
+                f"{padding}-padded U-Net on axis {axis}; nearest valid sizes are {nearest}"
+            )
+        step = (size - 2 * margin) // grid_step * grid_step
+        if step < grid_step:
+            smallest = smallest_tile_size(config)
+            raise ValueError(
+                f"tile_shape {tile_shape} is too small on axis {axis}: its output must cover "
+                f"at least {grid_step} px; use {smallest} or more"
+            )
+        steps.append(step)
+    return TileGrid(
+        image_shape=image_shape,
+        tile_shape=tile_shape,
+        step=tuple(steps),
+        halo=margin,
+        crop=margin if padding == "same" else 0,
+    )
+
+
+def smallest_tile_size(config: UNetConfig) -> int:
+    """Return the smallest tile input size whose output covers 2**depth px (one grid step).
+
+    Example:
+        >>> smallest_tile_size(UNetConfig())
+        204
+    """
+    margin = network_halo(depth=config.depth)
+    size = max(
+        min_input_size(depth=config.depth, padding=config.padding), 2 * margin + 2**config.depth
+    )
+    return nearest_valid_sizes(size, depth=config.depth, padding=config.padding)[1]
+
+
+def covering_tile_size(config: UNetConfig, size: int, count: int) -> int:
+    """Return the smallest valid tile size with which `count` tiles cover an axis of `size`.
+
+    Example:
+        >>> covering_tile_size(UNetConfig(), 2048, 2)
+        1212
+        >>> covering_tile_size(UNetConfig(), 100, 1)
+        284
+    """
+    margin = network_halo(depth=config.depth)
+    grid_step = 2**config.depth
+    tile = smallest_tile_size(config)
+    while True:
+        used = tile - 2 * margin
+        step = used // grid_step * grid_step
+        if (count - 1) * step + used >= size:
+            return tile
+        tile += grid_step  # consecutive valid sizes differ by 2**depth
+
+
+def whole_image_grid(config: UNetConfig, image_shape: Sequence[int]) -> TileGrid:
+    """Return a one-tile grid: a single pass over the mirror-extended image."""
+    tile_shape = tuple(covering_tile_size(config, size, 1) for size in image_shape)
+    return make_tile_grid(config, image_shape, tile_shape)
+
+
+def choose_tile_shape(
+    config: UNetConfig, image_shape: Sequence[int], *, max_tile_pixels: int
+) -> tuple[int, ...]:
+    """Choose the tile shape that computes the fewest input pixels within a size limit.
+
+    For every number of tiles per axis, the smallest covering tile is found; among
+    the combinations whose tile has at most `max_tile_pixels` pixels (voxels), the
+    one with the least total input area wins (ties: fewer tiles). Larger tiles waste
+    less on halos: for the default network on 2048x2048, 572-tiles cost 2.6 MFLOP
+    per output pixel against 1.56 for one whole pass.
+    """
+    options_per_axis = []
+    for size in image_shape:
+        options, count = [], 1
+        while True:
+            tile = covering_tile_size(config, size, count)
+            options.append((count, tile))
+            if tile == smallest_tile_size(config):
+                break
+            count += 1
+        options_per_axis.append(options)
+    best: tuple[int, int, tuple[int, ...]] | None = None
+    for combination in itertools.product(*options_per_axis):
+        tile_shape = tuple(tile for _, tile in combination)
+        if math.prod(tile_shape) > max_tile_pixels:
+            continue
+        n_tiles = math.prod(count for count, _ in combination)
+        key = (n_tiles * math.prod(tile_shape), n_tiles, tile_shape)
+        if best is None or key < best:
+            best = key
+    if best is None:
+        smallest = (smallest_tile_size(config),) * len(image_shape)
+        raise ValueError(
+            f"memory budget allows tiles of at most {max_tile_pixels} pixels, but the "
+            f"smallest tile {smallest} has {math.prod(smallest)}; raise the memory budget"
+        )
+    return best[2]

@@ -1,0 +1,174 @@
+"""Safe weight files: safetensors tensors + JSON config + version + checksum, never pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from biounet.config import UNetConfig
+from biounet.data.io import atomic_path, check_input_file
+from biounet.model.unet import UNet
+
+FORMAT_VERSION = "1"
+_PICKLE_SIGNATURES = (b"PK\x03\x04", b"\x80")  # torch.save zip archives and raw pickles
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Return a sha256 over names, dtypes, shapes and bytes of `tensors`, in sorted order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_model(
+    model: UNet,
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write the weights of `model` and its config to a safetensors file, atomically.
+
+    The file holds every tensor of the state dict (BatchNorm statistics included),
+    and in its metadata the JSON config, the format version and a sha256 of the
+    tensors so that truncation or tampering is detected on load.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
+    header = {
+        "format": "biounet",
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_json(),
+        "sha256": tensors_checksum(tensors),
+    }
+    header.update(dict(metadata or {}))
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as temporary:
+        save_file(tensors, str(temporary), metadata=header)
+    return path
+
+
+def read_weight_file(
+    path: str | os.PathLike, *, name: str = "model"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read tensors and metadata of a biounet safetensors file, verifying its checksum.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if it is a pickle checkpoint (refused, never unpickled), not a
+            safetensors file, truncated, tampered with, or not written by biounet.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = check_input_file(path, name=name)
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    # safetensors: an 8-byte header length, then the JSON header
+    looks_like_safetensors = head[8:9] == b"{"
+    if not looks_like_safetensors and head.startswith(_PICKLE_SIGNATURES):
+        raise ValueError(
+            f"{name} {path} is a pickle-based PyTorch checkpoint; biounet never unpickles "
+            "files (they can run code): convert it with "
+            "biounet.weightfile.import_state_dict on a trusted machine"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{name} {path} is not a readable safetensors weight file ({text})"
+        ) from None
+    if metadata.get("format") != "biounet" or "config" not in metadata:
+        raise ValueError(
+            f"{name} {path} is a safetensors file without a biounet config; "
+            "expected a file written by biounet.save_model"
+        )
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{name} {path} has format version {metadata.get('format_version')!r}; this "
+            f"biounet reads version {FORMAT_VERSION}"
+        )
+    if tensors_checksum(tensors) != metadata.get("sha256"):
+        raise ValueError(f"{name} {path} failed its checksum: the tensors were changed or damaged")
+    return tensors, metadata
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:
+    """Build the U-Net stored in a biounet weight file and load its weights, in eval mode.
+
+    Raises:
+        FileNotFoundError, ValueError: see `read_weight_file`; also a ValueError if the
+            tensors do not fit the stored architecture.
+    """
+    tensors, metadata = read_weight_file(path)
+    try:
+        config = UNetConfig.from_dict(json.loads(metadata["config"]))
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"model {path} has an invalid config: {error}") from None
+    model = UNet(config)
+    load_state_dict_checked(model, tensors, source=f"model {path}")
+    return model.to(device).eval()
+
+
+def load_state_dict_checked(
+    model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str
+) -> None:
+    """Load `tensors` into `model`, raising one readable ValueError for any mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [
+        f"{key} {tuple(tensors[key].shape)} vs {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(tensors))
+        if tensors[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+        if mismatched:
+            parts.append(f"shape (file vs network) {mismatched[:2]}")
+        raise ValueError(
+            f"{source} does not fit the architecture {model.config}: {'; '.join(parts)}"
+        )
+    model.load_state_dict(dict(tensors), strict=True)
+
+
+def import_state_dict(
+    checkpoint: str | os.PathLike, config: UNetConfig, *, key: str | None = None
+) -> UNet:
+    """Build a U-Net from a foreign PyTorch checkpoint, loaded with weights_only=True.
+
+    `torch.load(weights_only=True)` refuses pickled code, so only tensors and plain
+    containers are read. `key` selects a nested state dict (e.g. "model_state").
+    """
+    path = check_input_file(checkpoint, name="checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, ...
+        raise ValueError(
+            f"checkpoint {path} cannot be loaded safely (weights_only=True): "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
+    if key is not None:
+        state = state.get(key) if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} holds no state dict{f' under {key!r}' if key else ''}")
+    model = UNet(config)
+    load_state_dict_checked(model, state, source=f"checkpoint {path}")
+    return model.eval()

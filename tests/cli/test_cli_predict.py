@@ -1,0 +1,89 @@
+"""`biounet predict` in-process: outputs equal the library's, bad input exits 2 in one line."""
+
+import re
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from biounet.cli import main
+from biounet.data.normalize import normalize_percentile
+from biounet.inference.predict import predict_tiled
+from biounet.weightfile import save_model
+
+
+@pytest.fixture
+def model_file(tiny_unet, tmp_path):
+    return save_model(tiny_unet, tmp_path / "model.safetensors")
+
+
+def test_predict_png_and_stack(tiny_unet, model_file, tmp_path, rng):
+    grey = rng.integers(0, 255, (70, 90), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "cells.png")
+    stack = rng.integers(0, 4000, (3, 40, 50), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    code = main(
+        ["predict", "--model", str(model_file), str(tmp_path / "cells.png"),
+         str(tmp_path / "stack.tif"), "--out", str(out), "--save-probabilities", "--quiet"]
+    )
+    assert code == 0
+    expected = predict_tiled(tiny_unet, normalize_percentile(grey.astype(np.float32)))
+    probability = tifffile.imread(out / "cells_probability.tif")
+    np.testing.assert_allclose(probability, expected[1], atol=1e-5)
+    np.testing.assert_array_equal(tifffile.imread(out / "cells_mask.tif"), expected.argmax(0))
+    assert tifffile.imread(out / "cells_probabilities.tif").shape == (2, 70, 90)
+    assert tifffile.imread(out / "stack_probability.tif").shape == (3, 40, 50)
+    second_page = predict_tiled(tiny_unet, normalize_percentile(stack[1].astype(np.float32)))
+    np.testing.assert_allclose(tifffile.imread(out / "stack_probability.tif")[1], second_page[1], atol=1e-5)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def written(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def write_rgb(path, rng):
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.mark.parametrize(
+    ("make_input", "extra", "message"),
+    [
+        (lambda d, r: d / "missing.tif", [], "does not exist"),
+        (lambda d, r: d, [], "is a folder"),
+        (lambda d, r: written(d / "empty.tif", b""), [], "empty file"),
+        (lambda d, r: written(d / "text.tif", b"no"), [], "cannot be read as TIFF"),
+        (lambda d, r: write_rgb(d / "rgb.png", r) or d / "rgb.png", [], "expects 1 \\(grey\\)"),
+        (lambda d, r: tifffile.imwrite(d / "nan.tif", np.full((40, 40), np.nan, np.float32)) or d / "nan.tif", [], "NaN"),
+        (lambda d, r: tifffile.imwrite(d / "ok.tif", np.ones((40, 40), np.float32)) or d / "ok.tif", ["--tile-shape", "125", "124"], "nearest valid"),
+        (lambda d, r: tifffile.imwrite(d / "ok.tif", np.ones((40, 40), np.float32)) or d / "ok.tif", ["--tile-shape", "124"], "needs 2 values"),
+        (lambda d, r: tifffile.imwrite(d / "ok.tif", np.ones((40, 40), np.float32)) or d / "ok.tif", ["--batch-size", "0"], "--batch-size"),
+        (lambda d, r: tifffile.imwrite(d / "v.tif", np.ones((2, 3, 4, 40, 40), np.float32), photometric="minisblack") or d / "v.tif", [], "shape"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(model_file, tmp_path, rng, capsys, make_input, extra, message):
+    source = make_input(tmp_path, rng)
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(model_file), str(source), "--out", str(out), "--quiet", *extra])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.startswith("biounet predict: error:") and len(error.splitlines()) == 1
+    assert re.search(message, error), error
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_refuses_to_overwrite_and_bad_model(model_file, tmp_path, capsys):
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, np.ones((30, 30), np.uint8))
+    args = ["predict", "--model", str(model_file), str(image), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_text("nope")
+    assert main(["predict", "--model", str(bogus), str(image), "--out", str(tmp_path / "p")]) == 2
+    assert "not a readable safetensors" in capsys.readouterr().err
