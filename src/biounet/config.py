@@ -110,3 +110,76 @@ class UNetConfig(_JsonConfig):
             raise ValueError(
                 f"base_channels must be even for norm='group', got {self.base_channels}"
             )
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_JsonConfig):
+    """How to train; the `paper` preset is Ronneberger et al. 2015, Sec. 3.
+
+    Attributes:
+        iterations: optimiser steps.
+        tile_shape: input tile per axis, a valid input size of the network; the
+            paper favours large tiles over large batches (572 with batch 1).
+        batch_size: tiles per step (paper: 1).
+        optimizer: "sgd" (paper, with `momentum` 0.99) or "adam".
+        learning_rate, momentum, weight_decay: optimiser settings.
+        w0, sigma_px, class_weights: weight map of eq. 2 (paper: 10, 5 px, balanced).
+        foreground_fraction: share of tiles centred on a random foreground pixel
+            (0: tiles uniformly placed, as in the paper).
+        validate_every, checkpoint_every: in iterations.
+        seed: seeds tile sampling, augmentation, initialisation and drop-out.
+        workers: DataLoader worker processes preparing tiles beside the training step.
+        normalization: intensity normalisation of every image ("percentile", "zscore").
+    """
+
+    iterations: int = 2000
+    tile_shape: tuple[int, ...] = (572, 572)
+    batch_size: int = 1
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    w0: float = 10.0
+    sigma_px: float = 5.0
+    class_weights: str | None = "balanced"
+    foreground_fraction: float = 0.0
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    seed: int = 0
+    workers: int = 1
+    normalization: str = "percentile"
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "validate_every", "checkpoint_every"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("workers", self.workers, 0)
+        if not isinstance(self.tile_shape, tuple) or not self.tile_shape:
+            raise TypeError(f"tile_shape must be a tuple of sizes, got {self.tile_shape!r}")
+        for size in self.tile_shape:
+            _check_int("tile_shape", size, 1)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("class_weights", self.class_weights, ("balanced", None))
+        _check_choice("normalization", self.normalization, ("percentile", "zscore"))
+        for name, low, high in (
+            ("learning_rate", 0.0, None),
+            ("momentum", 0.0, 1.0),
+            ("weight_decay", 0.0, None),
+            ("w0", 0.0, None),
+            ("sigma_px", 0.0, None),
+            ("foreground_fraction", 0.0, 1.0),
+        ):
+            _check_number(name, getattr(self, name), low, high)
+        if self.sigma_px == 0 or self.learning_rate == 0:
+            raise ValueError("sigma_px and learning_rate must be positive")
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")

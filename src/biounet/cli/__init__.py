@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 # command -> (module, one-line help); modules are imported only when their command runs
 COMMANDS = {
+    "train": ("biounet.cli.train", "train a U-Net on annotated images"),
     "predict": ("biounet.cli.predict", "segment images with overlap-tile prediction"),
 }
 

@@ -1,0 +1,269 @@
+"""The training loop of Ronneberger et al. 2015, Sec. 3: SGD on weighted soft-max cross-entropy.
+
+A run folder holds everything: `config.json`, `metrics.csv`, `checkpoint.safetensors`
+(the last complete one), `best.safetensors` and `model.safetensors` (weight files for
+`biounet predict`), `curves.png` and `overlays/`. All are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biounet.augment.pipeline import AugmentConfig
+from biounet.config import TrainConfig, UNetConfig
+from biounet.data.dataset import TileDataset, TrainingImage
+from biounet.data.io import atomic_path
+from biounet.inference.predict import predict_tiled
+from biounet.losses import weighted_cross_entropy
+from biounet.model.unet import UNet
+from biounet.training.checkpoint import load_checkpoint, restore, save_checkpoint
+from biounet.weightfile import save_model
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS_FIELDS = ("step", "loss", "val_score", "seconds")
+
+# (probabilities (K, *spatial), training image) -> score, higher is better
+ScoreFunction = Callable[[np.ndarray, TrainingImage], float]
+
+
+def foreground_iou(probabilities: np.ndarray, item: TrainingImage) -> float:
+    """Jaccard index of predicted foreground (p > 0.5) against target foreground."""
+    predicted = probabilities[0] < 0.5
+    truth = item.target > 0
+    union = np.logical_or(predicted, truth).sum()
+    return 1.0 if union == 0 else float(np.logical_and(predicted, truth).sum() / union)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `Trainer.fit`."""
+
+    step: int
+    best_score: float | None
+    interrupted: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with high momentum (paper: 0.99, so many past tiles steer each update) or Adam."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+
+class Trainer:
+    """Trains a U-Net on tiles of `train_images`, validating on whole `val_images`."""
+
+    def __init__(
+        self,
+        *,
+        model_config: UNetConfig,
+        train_config: TrainConfig,
+        augment_config: AugmentConfig | None,
+        train_images: Sequence[TrainingImage],
+        val_images: Sequence[TrainingImage],
+        run_dir: str | Path,
+        score: ScoreFunction = foreground_iou,
+        progress: bool = True,
+    ) -> None:
+        self.model_config = model_config
+        self.config = train_config
+        self.augment_config = augment_config
+        self.train_images = list(train_images)
+        self.val_images = list(val_images)
+        self.run_dir = Path(run_dir)
+        self.score = score
+        self.progress = progress
+        self._stop_requested = False
+        self.history: list[dict] = []
+
+    @property
+    def configs(self) -> dict:
+        return {
+            "model": self.model_config.to_dict(),
+            "train": self.config.to_dict(),
+            "augment": None if self.augment_config is None else self.augment_config.to_dict(),
+        }
+
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        """Train until `iterations`, or until SIGTERM / Ctrl-C, which checkpoint and return."""
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        model = UNet(self.model_config)
+        optimizer = build_optimizer(model, config)
+        start, best = 0, None
+        if resume:
+            checkpoint = load_checkpoint(self.run_dir / CHECKPOINT)
+            if _without_iterations(checkpoint.configs) != _without_iterations(self.configs):
+                raise ValueError(
+                    f"--resume: the configuration differs from the one in {self.run_dir}; "
+                    "resume with the run's own config.json"
+                )
+            restore(checkpoint, model=model, optimizer=optimizer)
+            start, best = checkpoint.step, checkpoint.extra.get("best_score")
+            self.history = checkpoint.extra.get("history", [])
+        _write_text(self.run_dir / "config.json", json.dumps(self.configs, indent=2))
+        if start >= config.iterations:
+            return TrainResult(start, best, False, self.history)
+        loader = self._loader(start)
+        previous = _install_sigterm(self._request_stop)
+        interrupted = False
+        step = start
+        losses: list[float] = []
+        started = time.perf_counter()
+        bar = _progress(config.iterations, start, enabled=self.progress)
+        try:
+            for image, target, weights in loader:
+                model.train()
+                loss = weighted_cross_entropy(model(image), target, weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                last = step == config.iterations
+                if step % config.validate_every == 0 or last:
+                    best = self._validate(model, step, losses, best, time.perf_counter() - started)
+                    losses = []
+                if step % config.checkpoint_every == 0 or last:
+                    self._checkpoint(model, optimizer, step, best)
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            interrupted = True
+            self._checkpoint(model, optimizer, step, best)
+            logger.warning("interrupted at step %d; checkpoint written", step)
+        finally:
+            bar.close()
+            _install_sigterm(previous)
+        save_model(model, self.run_dir / "model.safetensors", metadata=self._weight_metadata())
+        return TrainResult(step, best, interrupted, self.history)
+
+    def _request_stop(self, *_: object) -> None:
+        self._stop_requested = True
+
+    def _loader(self, start: int) -> torch.utils.data.DataLoader:
+        config = self.config
+        dataset = TileDataset(
+            self.train_images,
+            model_config=self.model_config,
+            tile_shape=config.tile_shape,
+            length=config.iterations * config.batch_size,
+            seed=config.seed,
+            foreground_fraction=config.foreground_fraction,
+            augment_config=self.augment_config,
+        )
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            sampler=range(start * config.batch_size, len(dataset)),
+            num_workers=config.workers,
+            worker_init_fn=_single_threaded_worker,
+            # a private generator keeps the global torch RNG (drop-out) untouched
+            generator=torch.Generator().manual_seed(config.seed),
+            prefetch_factor=2 if config.workers else None,
+        )
+
+    def _validate(self, model, step, losses, best, seconds) -> float | None:
+        scores, predictions = [], []
+        for item in self.val_images:
+            probabilities = predict_tiled(model, item.image)
+            scores.append(self.score(probabilities, item))
+            if len(predictions) < 3:  # kept for the overlay pictures only
+                predictions.append(probabilities)
+        score = float(np.mean(scores)) if scores else None
+        row = {
+            "step": step,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_score": score if score is not None else float("nan"),
+            "seconds": seconds,
+        }
+        self.history.append(row)
+        _write_metrics(self.run_dir / "metrics.csv", self.history)
+        if score is not None and (best is None or score > best):
+            best = score
+            save_model(model, self.run_dir / "best.safetensors", metadata=self._weight_metadata())
+        try:
+            from biounet.training.plots import write_curves, write_overlays
+
+            write_curves(self.run_dir / "curves.png", self.history)
+            if self.val_images:
+                write_overlays(self.run_dir / "overlays", self.val_images[:3], predictions[:3])
+        except Exception as error:  # a plot must never stop training
+            logger.warning("could not draw plots: %s", error)
+        logger.info("step %d: loss %.4f, validation %s", step, row["loss"], score)
+        return best
+
+    def _checkpoint(self, model, optimizer, step, best) -> None:
+        save_checkpoint(
+            self.run_dir / CHECKPOINT,
+            model=model,
+            optimizer=optimizer,
+            step=step,
+            configs=self.configs,
+            extra={"best_score": best, "history": self.history},
+        )
+
+    def _weight_metadata(self) -> dict[str, str]:
+        return {"normalization": self.config.normalization}
+
+
+def _without_iterations(configs: dict) -> dict:
+    # a run may be resumed with more iterations; item i's tile does not depend on the total
+    configs = json.loads(json.dumps(configs))  # tuples and lists compare alike
+    configs["train"].pop("iterations", None)
+    return configs
+
+
+def _single_threaded_worker(worker_id: int) -> None:
+    del worker_id
+    torch.set_num_threads(1)  # the training step owns the cores; workers only prefetch
+
+
+def _install_sigterm(handler):
+    try:
+        return signal.signal(signal.SIGTERM, handler or signal.SIG_DFL)
+    except ValueError:  # not the main thread: no signal handling
+        return None
+
+
+def _progress(total: int, initial: int, *, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="it", disable=not enabled)
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    _write_text(path, buffer.getvalue())
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)

@@ -1,0 +1,104 @@
+"""`biounet train` in-process: a run on a tiny synthetic folder, resume, and refused inputs."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from biounet.cli import main
+
+
+def write_pairs(folder, rng, count=4, size=64):
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for index in range(count):
+        labels = np.zeros((size, size), np.uint8)
+        for _ in range(4):
+            y, x = rng.integers(8, size - 8, size=2)
+            labels[y - 5 : y + 5, x - 5 : x + 5] = 255
+        image = np.clip(labels * 0.6 + rng.normal(40, 20, labels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"{index:02d}.png")
+        Image.fromarray(labels).save(folder / "labels" / f"{index:02d}.png")
+    return folder
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({
+        "model": {"depth": 2, "base_channels": 4},
+        "train": {"tile_shape": [60, 60], "workers": 0, "validate_every": 3, "checkpoint_every": 3},
+    }))
+    return path
+
+
+def test_train_then_resume_then_predict(tmp_path, rng, tiny_config, capsys):
+    data = write_pairs(tmp_path / "data", rng)
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--out", str(run), "--quiet"]
+    assert main(["train", *common, "--config", str(tiny_config), "--iterations", "3"]) == 0
+    assert "finished at iteration 3" in capsys.readouterr().out
+    assert main(["train", *common, "--config", str(tiny_config), "--iterations", "3"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", *common, "--resume", "--iterations", "6"]) == 0
+    assert "finished at iteration 6" in capsys.readouterr().out
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["base_channels"] == 4 and saved["train"]["iterations"] == 6
+    out = tmp_path / "predicted"
+    assert main(["predict", "--model", str(run / "best.safetensors"), str(data / "images" / "00.png"), "--out", str(out), "--quiet"]) == 0
+    assert (out / "00_probability.tif").is_file()
+
+
+def make_no_foreground(folder, rng):
+    write_pairs(folder, rng, count=2)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "labels" / "01.png")
+
+
+def make_missing_label(folder, rng):
+    write_pairs(folder, rng, count=2)
+    (folder / "labels" / "01.png").unlink()
+
+
+def make_shape_mismatch(folder, rng):
+    write_pairs(folder, rng, count=2)
+    Image.fromarray(np.zeros((60, 64), np.uint8)).save(folder / "labels" / "01.png")
+
+
+def make_empty(folder, rng):
+    folder.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "message"),
+    [
+        (make_empty, [], "data"),
+        (make_missing_label, [], "01"),
+        (make_shape_mismatch, [], "shape"),
+        (make_no_foreground, [], "foreground"),
+        (lambda f, r: write_pairs(f, r), ["--tile-shape", "61", "60"], "nearest valid"),
+        (lambda f, r: write_pairs(f, r), ["--val-fraction", "1.5"], "--val-fraction"),
+        (lambda f, r: write_pairs(f, r), ["--iterations", "0"], "iterations"),
+    ],
+)
+def test_bad_training_input(tmp_path, rng, tiny_config, capsys, make, extra, message):
+    data = tmp_path / "data"
+    make(data, rng)
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(data), "--out", str(run), "--config", str(tiny_config), "--iterations", "2", "--quiet", *extra])
+    error = capsys.readouterr().err.strip()
+    assert code == 2, error
+    assert len(error.splitlines()) == 1 and re.search(message, error), error
+    assert not run.exists(), "nothing half-written"
+
+
+def test_unknown_config_key(tmp_path, rng, capsys):
+    data = write_pairs(tmp_path / "data", rng)
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps({"train": {"learning_rat": 0.1}}))
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--config", str(config)]) == 2
+    assert "unknown TrainConfig keys ['learning_rat']" in capsys.readouterr().err
+    config.write_text("{not json")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--config", str(config)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Training: loss decreases, resume is exact, interrupts checkpoint, files are complete."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from biounet.augment.pipeline import AugmentConfig
+from biounet.config import TrainConfig, UNetConfig
+from biounet.data.dataset import make_training_image
+from biounet.training.checkpoint import load_checkpoint
+from biounet.training.trainer import Trainer
+from biounet.weightfile import load_model
+
+MODEL = UNetConfig(depth=2, base_channels=4)
+
+
+def synthetic_items(rng, count=3):
+    items = []
+    for index in range(count):
+        labels = np.zeros((64, 64), np.int32)
+        for cell in range(1, 6):
+            y, x = rng.integers(8, 56, size=2)
+            labels[y - 6 : y + 6, x - 6 : x + 6] = cell
+        image = np.where(labels > 0, 1.0, 0.0)[None] + rng.normal(0, 0.3, (1, 64, 64))
+        items.append(make_training_image(f"s{index}", image.astype(np.float32), labels, model_config=MODEL, train_config=TrainConfig()))
+    return items
+
+
+AUGMENT = AugmentConfig(max_rotation_deg=10, elastic_sigma_px=2.0)
+
+
+def make_trainer(tmp_path, items, iterations, augment=AUGMENT, **changes):
+    options = dict(iterations=iterations, tile_shape=(60, 60), batch_size=2, optimizer="adam", learning_rate=3e-3, validate_every=5, checkpoint_every=5, workers=0, seed=7)
+    options.update(changes)
+    return Trainer(
+        model_config=MODEL,
+        train_config=TrainConfig(**options),
+        augment_config=augment,
+        train_images=items[:-1],
+        val_images=items[-1:],
+        run_dir=tmp_path,
+        progress=False,
+    )
+
+
+def read_metrics(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_short_training_decreases_loss_and_writes_run_folder(tmp_path, rng):
+    # no augmentation: a 4-channel network must learn the squares within 60 steps
+    result = make_trainer(tmp_path, synthetic_items(rng), 60, augment=None, validate_every=20).fit()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [int(row["step"]) for row in rows] == [20, 40, 60]
+    assert float(rows[-1]["loss"]) < 0.7 * float(rows[0]["loss"])
+    assert result.best_score is not None and result.best_score > 0.5
+    for name in ("config.json", "checkpoint.safetensors", "best.safetensors", "model.safetensors", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    assert any((tmp_path / "overlays").glob("*.png"))
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == MODEL.to_dict()
+    load_model(tmp_path / "best.safetensors")
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_resume_gives_the_same_weights(tmp_path, rng):
+    items = synthetic_items(rng)
+    make_trainer(tmp_path / "whole", items, 12).fit()
+    make_trainer(tmp_path / "split", items, 5).fit()  # stops with a checkpoint at step 5
+    resumed = make_trainer(tmp_path / "split", items, 12)
+    result = resumed.fit(resume=True)
+    assert result.step == 12
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors")
+    split = load_checkpoint(tmp_path / "split" / "checkpoint.safetensors")
+    for key, value in whole.model_state.items():
+        torch.testing.assert_close(split.model_state[key], value, rtol=0, atol=1e-6)
+    assert [r["step"] for r in split.extra["history"]] == [5, 10, 12]
+
+
+def test_interrupt_writes_checkpoint(tmp_path, rng):
+    trainer = make_trainer(tmp_path, synthetic_items(rng), 50)
+    original = trainer._checkpoint
+    calls = []
+
+    def stop_after_first(*args):
+        calls.append(args[2])
+        original(*args)
+        trainer._request_stop()
+
+    trainer._checkpoint = stop_after_first
+    result = trainer.fit()
+    assert result.interrupted and result.step == 5
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors").step == 5
+
+
+def test_resume_with_other_config_is_refused(tmp_path, rng):
+    items = synthetic_items(rng)
+    make_trainer(tmp_path, items, 5).fit()
+    with pytest.raises(ValueError, match="configuration differs"):
+        make_trainer(tmp_path, items, 10, learning_rate=1e-2).fit(resume=True)
