@@ -1,0 +1,206 @@
+"""Tests of probabilities -> instance labels."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from biounet.metrics.overlap import contingency_table
+from biounet.postprocess import PostprocessConfig, probabilities_to_labels
+
+
+def _ball(shape, centre, radius) -> np.ndarray:
+    grid = np.indices(shape)
+    squared = sum((axis - c) ** 2 for axis, c in zip(grid, centre))
+    return squared <= radius**2
+
+
+def _touching_balls(shape, ndim) -> tuple[np.ndarray, np.ndarray]:
+    """Two balls of radius 10 whose centres are 16 px apart: the neck is 12 px wide."""
+    middle = [size // 2 for size in shape]
+    first = list(middle)
+    second = list(middle)
+    first[-1] -= 8
+    second[-1] += 8
+    return _ball(shape, first, 10), _ball(shape, second, 10)
+
+
+def _assert_consecutive(labels: np.ndarray) -> None:
+    assert labels.dtype == np.int32
+    ids = np.unique(labels)
+    np.testing.assert_array_equal(ids, np.arange(ids.size) if 0 in ids else ids)
+    assert labels.min() >= 0
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (28, 28, 48)])
+def test_watershed_splits_two_touching_balls(shape):
+    first, second = _touching_balls(shape, len(shape))
+    assert (first & second).any()  # they overlap, so the mask is one component
+    foreground = np.where(first | second, 0.9, 0.05)
+
+    labels = probabilities_to_labels(foreground)
+
+    _assert_consecutive(labels)
+    assert labels.max() == 2
+    left, right = labels[first & ~second], labels[second & ~first]
+    # Each ball's own part is (almost entirely) one label, and the two labels differ.
+    assert np.mean(left == np.bincount(left).argmax()) > 0.95
+    assert np.mean(right == np.bincount(right).argmax()) > 0.95
+    assert np.bincount(left).argmax() != np.bincount(right).argmax()
+    np.testing.assert_array_equal(labels > 0, first | second)
+
+
+def test_without_watershed_touching_balls_stay_one_object():
+    first, second = _touching_balls((40, 60), 2)
+    foreground = np.where(first | second, 0.9, 0.0)
+    labels = probabilities_to_labels(foreground, config=PostprocessConfig(watershed=False))
+    assert labels.max() == 1
+
+
+def test_components_without_a_seed_stay_whole_objects():
+    first, second = _touching_balls((40, 60), 2)
+    foreground = np.where(first | second, 0.9, 0.0)
+    foreground[2:5, 2:10] = 0.9  # a 3-px bar: its distance maximum is far below 50 px
+    config = PostprocessConfig(min_seed_prominence_px=50.0)
+    labels = probabilities_to_labels(foreground, config=config)
+    assert labels.max() == 2
+    np.testing.assert_array_equal(labels > 0, foreground > 0.5)
+
+
+def test_probability_seeds_split_at_a_predicted_border():
+    # Two squares joined by a 2-px band of probability 0.7: above threshold 0.5 (one
+    # component) but below seed_threshold 0.9, so each square seeds its own object.
+    foreground = np.zeros((20, 34))
+    foreground[4:16, 4:16] = 0.95
+    foreground[4:16, 16:18] = 0.7
+    foreground[4:16, 18:30] = 0.95
+    config = PostprocessConfig(seeds="probability")
+    labels = probabilities_to_labels(foreground, config=config)
+    assert labels.max() == 2
+    assert len(np.unique(labels[4:16, 4:16])) == 1 and len(np.unique(labels[4:16, 18:30])) == 1
+    assert labels[10, 10] != labels[10, 24]
+
+
+def test_a_predicted_border_separates_objects_without_watershed():
+    foreground = np.zeros((20, 34))
+    foreground[4:16, 4:30] = 0.95
+    foreground[4:16, 16:18] = 0.2
+    labels = probabilities_to_labels(foreground, config=PostprocessConfig(watershed=False))
+    assert labels.max() == 2
+
+
+def test_small_objects_are_removed():
+    foreground = np.zeros((30, 30))
+    foreground[2:4, 2:4] = 1.0  # 4 px
+    foreground[10:25, 10:25] = 1.0  # 225 px
+    labels = probabilities_to_labels(foreground, config=PostprocessConfig(min_size=5))
+    assert labels.max() == 1 and not labels[2:4, 2:4].any()
+    kept = probabilities_to_labels(foreground, config=PostprocessConfig(min_size=4))
+    assert kept.max() == 2
+
+
+def test_small_watershed_basins_are_absorbed_not_erased():
+    # A large disc with a small disc on a 3-px neck: the small one seeds a basin of about
+    # 90 px, which a min_size of 120 removes; its pixels must join the large disc, not
+    # become background.
+    mask = _ball((40, 50), (20, 18), 12) | _ball((40, 50), (20, 38), 5)
+    mask[19:22, 29:34] = True
+    foreground = mask * 0.9
+    split = probabilities_to_labels(foreground, config=PostprocessConfig(min_size=10))
+    assert split.max() == 2 and 60 < np.count_nonzero(split == split[20, 38]) < 120
+    merged = probabilities_to_labels(foreground, config=PostprocessConfig(min_size=120))
+    assert merged.max() == 1
+    np.testing.assert_array_equal(merged > 0, mask)
+
+
+def test_holes_are_filled():
+    ring = _ball((30, 30), (15, 15), 10) & ~_ball((30, 30), (15, 15), 4)
+    foreground = ring * 0.8
+    labels = probabilities_to_labels(foreground)
+    np.testing.assert_array_equal(labels > 0, _ball((30, 30), (15, 15), 10))
+    assert labels.max() == 1
+    kept_hole = probabilities_to_labels(foreground, config=PostprocessConfig(fill_holes=False))
+    np.testing.assert_array_equal(kept_hole > 0, ring)
+
+
+@pytest.mark.parametrize("shape", [(50, 45), (12, 14, 16)])
+def test_filled_mask_equals_scipy_fill_holes(rng, shape):
+    foreground = ndimage.gaussian_filter(rng.random(shape), 1.0)
+    foreground = (foreground - foreground.min()) / np.ptp(foreground)
+    foreground[(slice(2, 9),) * len(shape)] = 1.0  # a hollow box: at least one hole
+    foreground[(slice(4, 7),) * len(shape)] = 0.0
+    for connectivity in range(1, len(shape) + 1):
+        config = PostprocessConfig(min_size=0, watershed=False, connectivity=connectivity)
+        labels = probabilities_to_labels(foreground, config=config)
+        # Holes are background regions connected in the complementary neighbourhood.
+        background_connectivity = len(shape) if connectivity == 1 else 1
+        structure = ndimage.generate_binary_structure(len(shape), background_connectivity)
+        expected = ndimage.binary_fill_holes(foreground > 0.5, structure=structure)
+        np.testing.assert_array_equal(labels > 0, expected)
+        assert (expected != (foreground > 0.5)).any()
+
+
+def test_empty_and_below_threshold_maps_give_zeros():
+    for foreground in (np.zeros((16, 16)), np.full((4, 8, 8), 0.5), np.zeros((0, 5))):
+        labels = probabilities_to_labels(foreground)
+        assert labels.dtype == np.int32 and labels.shape == foreground.shape
+        assert not labels.any()
+
+
+def test_random_maps_give_consecutive_ids_covering_the_mask(rng):
+    foreground = ndimage.gaussian_filter(rng.random((64, 64)), 2)
+    foreground = (foreground - foreground.min()) / np.ptp(foreground)
+    config = PostprocessConfig(min_size=0, fill_holes=False)
+    labels = probabilities_to_labels(foreground, config=config)
+    _assert_consecutive(labels)
+    np.testing.assert_array_equal(labels > 0, foreground > 0.5)
+
+
+def test_transposed_input_gives_transposed_objects(rng):
+    foreground = ndimage.gaussian_filter(rng.random((48, 40)), 3)
+    foreground = (foreground - foreground.min()) / np.ptp(foreground)
+    labels = probabilities_to_labels(foreground)
+    transposed = probabilities_to_labels(foreground.T.copy())
+    table, _, _ = contingency_table(labels.T, transposed)
+    # The same partition up to ids: every row and column of the table has one non-zero.
+    counts = table.toarray()
+    assert ((counts > 0).sum(axis=0) == 1).all() and ((counts > 0).sum(axis=1) == 1).all()
+
+
+def test_input_is_not_modified():
+    foreground = np.zeros((10, 10))
+    foreground[2:8, 2:8] = 0.9
+    copy = foreground.copy()
+    probabilities_to_labels(foreground)
+    np.testing.assert_array_equal(foreground, copy)
+
+
+def test_errors_name_the_parameter():
+    with pytest.raises(TypeError, match="foreground"):
+        probabilities_to_labels(np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="foreground must be \\(Y, X\\)"):
+        probabilities_to_labels(np.zeros((2, 4, 4, 4)))
+    with pytest.raises(ValueError, match="foreground must lie in \\[0, 1\\]"):
+        probabilities_to_labels(np.full((4, 4), 1.5))
+    with pytest.raises(ValueError, match="NaN"):
+        probabilities_to_labels(np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="connectivity"):
+        probabilities_to_labels(np.zeros((4, 4)), config=PostprocessConfig(connectivity=3))
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"threshold": 1.0}, "threshold"),
+        ({"min_size": -1}, "min_size"),
+        ({"seeds": "maxima"}, "seeds"),
+        ({"min_seed_prominence_px": 0.0}, "min_seed_prominence_px"),
+        ({"distance_sigma_px": -1.0}, "distance_sigma_px"),
+        ({"seed_threshold": 0.4}, "seed_threshold"),
+        ({"connectivity": 4}, "connectivity"),
+    ],
+)
+def test_config_validation_names_the_field(options, name):
+    with pytest.raises(ValueError, match=name):
+        PostprocessConfig(**options)
+    with pytest.raises(TypeError, match="min_size"):
+        PostprocessConfig(min_size=2.5)
