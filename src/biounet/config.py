@@ -113,6 +113,7 @@ class UNetConfig(_JsonConfig):
 
 
 OPTIMIZERS = ("sgd", "adam")
+VALIDATION_METRICS = ("foreground_iou", "rand", "ap50")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class TrainConfig(_JsonConfig):
         seed: seeds tile sampling, augmentation, initialisation and drop-out.
         workers: DataLoader worker processes preparing tiles beside the training step.
         normalization: intensity normalisation of every image ("percentile", "zscore").
+        validation_metric: what picks best.safetensors: "foreground_iou", "rand"
+            (1 - ISBI Rand error, for membranes) or "ap50" (instance AP at IoU 0.5).
     """
 
     iterations: int = 2000
@@ -151,8 +154,10 @@ class TrainConfig(_JsonConfig):
     seed: int = 0
     workers: int = 1
     normalization: str = "percentile"
+    validation_metric: str = "foreground_iou"
 
     def __post_init__(self) -> None:
+        _check_choice("validation_metric", self.validation_metric, VALIDATION_METRICS)
         for name in ("iterations", "batch_size", "validate_every", "checkpoint_every"):
             _check_int(name, getattr(self, name), 1)
         _check_int("seed", self.seed, 0)

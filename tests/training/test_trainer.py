@@ -101,3 +101,14 @@ def test_resume_with_other_config_is_refused(tmp_path, rng):
     make_trainer(tmp_path, items, 5).fit()
     with pytest.raises(ValueError, match="configuration differs"):
         make_trainer(tmp_path, items, 10, learning_rate=1e-2).fit(resume=True)
+
+
+def test_validation_metrics_by_task(rng):
+    from biounet.training.trainer import SCORES
+
+    (item,) = synthetic_items(rng, count=1)
+    perfect = np.stack([1.0 - (item.target > 0), (item.target > 0)]).astype(np.float32)
+    assert SCORES["foreground_iou"](perfect, item) == 1.0
+    assert SCORES["rand"](perfect, item) == pytest.approx(1.0)
+    empty = np.stack([np.ones_like(perfect[0]), np.zeros_like(perfect[0])])
+    assert SCORES["ap50"](empty, item) == 0.0

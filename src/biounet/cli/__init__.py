@@ -12,6 +12,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "train": ("biounet.cli.train", "train a U-Net on annotated images"),
     "predict": ("biounet.cli.predict", "segment images with overlap-tile prediction"),
+    "evaluate": ("biounet.cli.evaluate", "score predictions against ground truth"),
 }
 
 USER_ERRORS = (

@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--workers", type=int)
     train.add_argument("--validate-every", type=int)
     train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--validation-metric", choices=("foreground_iou", "rand", "ap50"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         validate_every=args.validate_every,
         checkpoint_every=args.checkpoint_every,
+        validation_metric=args.validation_metric,
     )
     _check_tile_shape(config)
     train_items, val_items = _load_data(args, config)

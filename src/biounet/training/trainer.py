@@ -47,6 +47,29 @@ def foreground_iou(probabilities: np.ndarray, item: TrainingImage) -> float:
     return 1.0 if union == 0 else float(np.logical_and(predicted, truth).sum() / union)
 
 
+def rand_score(probabilities: np.ndarray, item: TrainingImage) -> float:
+    """1 - ISBI 2012 Rand error (higher is better), for membrane segmentation."""
+    from biounet.metrics.isbi import rand_error
+
+    return 1.0 - rand_error(item.labels, 1.0 - probabilities[0]).value
+
+
+def ap50_score(probabilities: np.ndarray, item: TrainingImage) -> float:
+    """Instance AP at IoU 0.5 after the default post-processing, for cells and nuclei."""
+    from biounet.metrics.matching import match_instances
+    from biounet.postprocess import probabilities_to_labels
+
+    instances = probabilities_to_labels(1.0 - probabilities[0])
+    return match_instances(item.labels, instances, thresholds=(0.5,))[0].average_precision
+
+
+SCORES: dict[str, ScoreFunction] = {
+    "foreground_iou": foreground_iou,
+    "rand": rand_score,
+    "ap50": ap50_score,
+}
+
+
 @dataclass
 class TrainResult:
     """Outcome of `Trainer.fit`."""
@@ -83,7 +106,7 @@ class Trainer:
         train_images: Sequence[TrainingImage],
         val_images: Sequence[TrainingImage],
         run_dir: str | Path,
-        score: ScoreFunction = foreground_iou,
+        score: ScoreFunction | None = None,
         progress: bool = True,
     ) -> None:
         self.model_config = model_config
@@ -92,7 +115,7 @@ class Trainer:
         self.train_images = list(train_images)
         self.val_images = list(val_images)
         self.run_dir = Path(run_dir)
-        self.score = score
+        self.score = score if score is not None else SCORES[train_config.validation_metric]
         self.progress = progress
         self._stop_requested = False
         self.history: list[dict] = []

@@ -1,0 +1,89 @@
+"""Training step with the full data pipeline (workers, weight maps, augmentation) vs bare.
+
+Both run the `cpu` preset's network, tile and batch on the same tiles; the bare loop
+feeds tiles prepared beforehand, so the difference is what the pipeline costs the step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+N_STEPS = 20
+
+
+def _items():
+    from biounet.datasets.synthetic import generate_dataset
+
+    from biounet.data.dataset import make_training_image
+    from biounet.training.presets import preset
+
+    config = preset("cpu")
+    pairs = generate_dataset(4, (512, 512), rng=0)
+    return config, [
+        make_training_image(f"s{i}", image[None], labels, model_config=config.model,
+                            train_config=config.train)
+        for i, (image, labels) in enumerate(pairs)
+    ]
+
+
+def run() -> list[dict]:
+    from biounet.data.dataset import TileDataset
+    from biounet.losses import weighted_cross_entropy
+    from biounet.model.unet import UNet
+    from biounet.training.trainer import build_optimizer
+
+    config, items = _items()
+    train = config.train
+    dataset = TileDataset(items, model_config=config.model, tile_shape=train.tile_shape,
+                          length=(N_STEPS + 2) * train.batch_size, seed=0,
+                          augment_config=config.augment)
+    torch.manual_seed(0)
+    model = UNet(config.model)
+    optimizer = build_optimizer(model, train)
+
+    def step(image, target, weights):
+        loss = weighted_cross_entropy(model(image), target, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=train.batch_size, num_workers=train.workers,
+                                         worker_init_fn=lambda _: torch.set_num_threads(1))
+    batches = list(loader)  # also the tiles for the bare loop
+    for batch in batches[:2]:
+        step(*batch)  # warm-up
+    start = time.perf_counter()
+    for batch in batches[2:]:
+        step(*batch)
+    bare = (time.perf_counter() - start) / N_STEPS
+    start = time.perf_counter()
+    for index, batch in enumerate(loader):
+        if index >= 2:
+            step(*batch)
+        elif index == 1:
+            start = time.perf_counter()
+    piped = (time.perf_counter() - start) / N_STEPS
+    started = time.perf_counter()
+    for index in range(10):
+        dataset[index]
+    per_tile = (time.perf_counter() - started) / 10
+    return [
+        {"benchmark": f"cpu preset step, tile {train.tile_shape}, batch {train.batch_size}",
+         "metric": "bare forward/backward", "value": bare, "unit": "s/step"},
+        {"benchmark": "cpu preset step", "metric": "with data pipeline", "value": piped,
+         "unit": "s/step"},
+        {"benchmark": "cpu preset step", "metric": "pipeline overhead", "value": piped / bare - 1,
+         "unit": "fraction", "target": "<= 0.10"},
+        {"benchmark": "tile preparation (augment + crop), one tile", "metric": "time",
+         "value": per_tile, "unit": "s"},
+        {"benchmark": "cpu preset", "metric": "training tiles/s",
+         "value": train.batch_size / piped, "unit": "tile/s"},
+    ]
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)
+

@@ -1,0 +1,115 @@
+"""Compare predictions with ground truth using the challenges' own definitions.
+
+--gt is read like training data (pairs, stacks, DSB 2018, CTC layouts). For each
+ground-truth image NAME, --pred must hold NAME.tif/.png, NAME_probability.tif (from
+biounet predict), NAME_labels.tif or NAME_mask.tif. Float files are probability maps,
+integer files label images. Prints a table per image and overall; --out writes JSON
+and --csv the per-image rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+PREDICTION_SUFFIXES = ("", "_probability", "_labels", "_mask")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", required=True, help="folder of predictions")
+    parser.add_argument("--gt", required=True, help="ground-truth data set (folder or stack)")
+    parser.add_argument(
+        "--metrics", default="all", help="all, or a comma-separated subset of isbi, ctc, instance"
+    )
+    parser.add_argument("--layout", default="auto", help="ground-truth layout (default: auto)")
+    parser.add_argument("--out", help="write the report as JSON here")
+    parser.add_argument("--csv", help="write the per-image table as CSV here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from biounet.data.layouts import open_dataset
+    from biounet.evaluation import evaluate, parse_metric_groups
+
+    groups = parse_metric_groups(args.metrics)
+    pred_folder = Path(args.pred)
+    if not pred_folder.is_dir():
+        raise FileNotFoundError(f"--pred {pred_folder} is not an existing folder")
+    samples = open_dataset(args.gt, layout=args.layout, allow_empty=True)
+    files = {name: _find_prediction(pred_folder, name) for name in samples.names}
+    missing = [name for name, path in files.items() if path is None]
+    if missing:
+        raise FileNotFoundError(
+            f"--pred {pred_folder} has no prediction for {len(missing)} ground-truth image(s): "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (looked for NAME"
+            f"{{{','.join(s for s in PREDICTION_SUFFIXES if s)}}}.tif/.png)"
+        )
+    from biounet.data.io import read_image
+
+    def triples():
+        for sample in samples:
+            prediction = read_image(files[sample.name], name="prediction")
+            yield sample.name, sample.labels, prediction
+
+    report = evaluate(list(triples()), metrics=groups)
+    print(format_table(report))
+    if args.out:
+        _write(Path(args.out), json.dumps(report.to_dict(), indent=2, default=_json_value))
+    if args.csv:
+        _write(Path(args.csv), _csv_text(report.rows))
+    return 0
+
+
+def _find_prediction(folder: Path, name: str) -> Path | None:
+    for suffix in PREDICTION_SUFFIXES:
+        for extension in (".tif", ".tiff", ".png"):
+            path = folder / f"{name}{suffix}{extension}"
+            if path.is_file():
+                return path
+    return None
+
+
+def format_table(report) -> str:
+    """Return the per-image rows and the overall row as an aligned text table."""
+    keys = [key for key in report.rows[0] if key != "image"] if report.rows else []
+    header = ["image", *keys]
+    lines = [
+        [str(row.get(key, "")) if key == "image" else _cell(row.get(key)) for key in header]
+        for row in report.rows
+    ]
+    lines.append(["overall", *(_cell(report.overall.get(key)) for key in keys)])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    text = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    text += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(text)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _json_value(value):
+    return float(value)
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write(path: Path, text: str) -> None:
+    from biounet.data.io import atomic_path
+
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)

@@ -1,0 +1,52 @@
+"""Evaluation reports: perfect predictions, pooling, input kinds."""
+
+import numpy as np
+import pytest
+
+from biounet.evaluation import as_probabilities, evaluate, parse_metric_groups
+from biounet.metrics.matching import match_instances
+
+
+def two_cells():
+    truth = np.zeros((40, 40), np.int32)
+    truth[5:20, 5:20] = 1
+    truth[22:35, 10:30] = 2
+    return truth
+
+
+def test_identical_labels_score_perfectly():
+    truth = two_cells()
+    report = evaluate([("a", truth, truth), ("b", truth, truth)])
+    overall = report.overall
+    assert overall["pixel_error"] == 0 and overall["rand_error"] == 0 and overall["warping_error"] == 0
+    assert overall["seg"] == 1 and overall["ap_50"] == 1 and overall["dsb_score"] == 1
+    assert [row["image"] for row in report.rows] == ["a", "b"]
+
+
+def test_probability_maps_are_postprocessed_for_instances():
+    truth = two_cells()
+    probabilities = np.where(truth > 0, 0.9, 0.1).astype(np.float32)
+    report = evaluate([("a", truth, probabilities)], metrics="instance,ctc")
+    assert report.rows[0]["ap_50"] == 1.0 and report.overall["seg"] == 1.0
+    assert "rand_error" not in report.rows[0]
+
+
+def test_pooling_counts_objects_not_images():
+    truth = two_cells()
+    missing_one = np.where(truth == 2, 0, truth)
+    report = evaluate([("full", truth, truth), ("half", truth, missing_one)], metrics="instance,ctc")
+    # 4 reference objects, 3 found: AP = 3 / (3 + 0 + 1), SEG = (1 + 1 + 1 + 0) / 4
+    assert report.overall["ap_50"] == pytest.approx(0.75)
+    assert report.overall["seg"] == pytest.approx(0.75)
+    (direct,) = match_instances(truth, missing_one)
+    assert report.rows[1]["ap_50"] == direct.average_precision
+
+
+def test_bad_inputs():
+    truth = two_cells()
+    with pytest.raises(ValueError, match="shape"):
+        evaluate([("a", truth, truth[:30])])
+    with pytest.raises(ValueError, match="expected probabilities in \\[0, 1\\]"):
+        as_probabilities(np.full((4, 4), 2.0))
+    with pytest.raises(ValueError, match="metrics must be"):
+        parse_metric_groups("isbi,speed")
