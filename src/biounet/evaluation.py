@@ -1,4 +1,4 @@
-"""Score predictions against ground truth with the challenges' definitions, image by image and pooled.
+"""Score predictions against ground truth with the challenges' definitions, per image and pooled.
 
 Metric groups:
   isbi      ISBI 2012 pixel, Rand and warping error (best over the organisers' thresholds)
