@@ -195,7 +195,8 @@ def test_errors_name_the_parameter():
         ({"seeds": "maxima"}, "seeds"),
         ({"min_seed_prominence_px": 0.0}, "min_seed_prominence_px"),
         ({"distance_sigma_px": -1.0}, "distance_sigma_px"),
-        ({"seed_threshold": 0.4}, "seed_threshold"),
+        ({"seed_threshold": 1.0}, "seed_threshold"),
+        ({"seeds": "probability", "seed_threshold": 0.4}, "seed_threshold"),
         ({"connectivity": 4}, "connectivity"),
     ],
 )
@@ -204,3 +205,7 @@ def test_config_validation_names_the_field(options, name):
         PostprocessConfig(**options)
     with pytest.raises(TypeError, match="min_size"):
         PostprocessConfig(min_size=2.5)
+
+
+def test_a_high_threshold_needs_no_seed_threshold_with_distance_seeds():
+    assert PostprocessConfig(threshold=0.95).seed_threshold == 0.9

@@ -15,8 +15,10 @@ The defaults were chosen on the 126 training images of the project's DSB 2018 sp
 with the reference masks as foreground: where touching nuclei are merged in the mask the
 watershed lifts the DSB 2018 score from 0.75 (components only) to 0.85; where a 1-px
 border separates them it costs 0.012 against components only (0.953 vs 0.965).
-For membrane-like predictions of large irregular cells (ISBI 2012) prefer
-`watershed=False` or `seeds="probability"`.
+For membrane-like predictions of large irregular cells prefer `watershed=False` or
+`seeds="probability"`: on the 20 ISBI 2012 training labels, blurred (sigma 1 px) as
+foreground, AP at IoU 0.5 is 0.96 with components only, 0.93 with probability seeds and
+0.81 with the default distance seeds, which split non-convex cells.
 """
 
 from __future__ import annotations
@@ -79,10 +81,12 @@ class PostprocessConfig:
             )
         if self.distance_sigma_px < 0:
             raise ValueError(f"distance_sigma_px must be >= 0, got {self.distance_sigma_px}")
-        if not self.threshold < self.seed_threshold < 1.0:
+        if not 0.0 < self.seed_threshold < 1.0:
+            raise ValueError(f"seed_threshold must lie in (0, 1), got {self.seed_threshold}")
+        if self.seeds == "probability" and self.seed_threshold <= self.threshold:
             raise ValueError(
-                f"seed_threshold must lie in (threshold={self.threshold}, 1), "
-                f"got {self.seed_threshold}"
+                f"seed_threshold must exceed threshold={self.threshold} for probability "
+                f"seeds, got {self.seed_threshold}"
             )
         if self.connectivity not in (1, 2, 3):
             raise ValueError(f"connectivity must be 1, 2 or 3, got {self.connectivity}")

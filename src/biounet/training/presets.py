@@ -94,7 +94,7 @@ def preset(name: str) -> RunConfig:
             model=UNetConfig(base_channels=16),
             train=TrainConfig(
                 iterations=1500,
-                tile_shape=(300, 300),
+                tile_shape=(380, 380),  # measured 0.26 s per tile forward+backward on 2 cores
                 batch_size=2,
                 optimizer="adam",
                 learning_rate=1e-3,
