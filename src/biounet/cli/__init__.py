@@ -10,9 +10,11 @@ from collections.abc import Sequence
 
 # command -> (module, one-line help); modules are imported only when their command runs
 COMMANDS = {
+    "demo": ("biounet.cli.demo", "train, predict and evaluate on embedded synthetic data"),
     "train": ("biounet.cli.train", "train a U-Net on annotated images"),
     "predict": ("biounet.cli.predict", "segment images with overlap-tile prediction"),
     "evaluate": ("biounet.cli.evaluate", "score predictions against ground truth"),
+    "reproduce": ("biounet.cli.reproduce", "the paper's experiments on ISBI 2012, DSB 2018, CTC"),
 }
 
 USER_ERRORS = (

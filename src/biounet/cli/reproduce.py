@@ -1,0 +1,54 @@
+"""Reproduce the paper's experiments on real data: train, predict held-out images, score.
+
+  biounet reproduce isbi2012 --data DIR --out RUN [--preset cpu|paper]
+  biounet reproduce dsb2018  --data DIR --out RUN
+  biounet reproduce ctc      --data DIR --dataset DIC-C2DH-HeLa|PhC-C2DH-U373 --out RUN
+
+A run interrupted (Ctrl-C) continues from its checkpoint when started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", choices=("isbi2012", "dsb2018", "ctc"))
+    parser.add_argument("--data", required=True, help="data set folder")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--dataset", help="for ctc: DIC-C2DH-HeLa or PhC-C2DH-U373")
+    parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
+    parser.add_argument("--iterations", type=int, help="override the preset's iterations")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from biounet.reproduce import (
+        ctc_split,
+        dsb2018_split,
+        format_results,
+        isbi2012_split,
+        run_experiment,
+    )
+
+    if args.iterations is not None and args.iterations < 1:
+        raise ValueError(f"--iterations must be a positive integer, got {args.iterations}")
+    if args.experiment == "ctc":
+        if not args.dataset:
+            raise ValueError("--dataset is required for ctc (DIC-C2DH-HeLa or PhC-C2DH-U373)")
+        split = ctc_split(args.data, args.dataset)
+    elif args.experiment == "isbi2012":
+        split = isbi2012_split(args.data)
+    else:
+        split = dsb2018_split(args.data)
+    results = run_experiment(
+        args.experiment,
+        split,
+        args.out,
+        preset_name=args.preset,
+        iterations=args.iterations,
+        progress=not args.quiet,
+        label=args.dataset,
+    )
+    print(format_results(results))
+    return 0

@@ -1,0 +1,176 @@
+"""The paper's experiments on real data, one function each: train, predict the held-out images, score.
+
+Protocols (data sets are never mixed across the split):
+  isbi2012  train slices 00-17, select the model on 18-19 (Rand error), evaluate 20-29
+            with the ISBI 2012 pixel, Rand and warping errors (Table 1 of the paper
+            reports the challenge's hidden test set, so figures are comparable in kind,
+            not identical).
+  dsb2018   train the first 126 ids of ids.txt (the last 10 of them for selection by
+            AP@0.5), evaluate the last 40: AP@0.5, DSB 2018 score, SEG.
+  ctc       Table 2 protocol on a Cell Tracking Challenge training folder: train on the
+            annotated frames of sequence 01, evaluate SEG and IoU on those of 02.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PAPER_TABLE_1 = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
+PAPER_TABLE_2 = {"PhC-C2DH-U373": 0.9203, "DIC-C2DH-HeLa": 0.7756}
+EXPERIMENTS = ("isbi2012", "dsb2018", "ctc")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Sample lists of one experiment."""
+
+    train: list
+    val: list
+    test: list
+
+
+def isbi2012_split(root: str | Path) -> Split:
+    """Slices 00-17 train, 18-19 validate, 20-29 evaluate, from `root` or `root/train`."""
+    from biounet.data.layouts import open_dataset
+
+    root = Path(root)
+    folder = root / "train" if (root / "train" / "labels").is_dir() else root
+    samples = open_dataset(folder, layout="pairs")
+    expected = [f"{index:02d}" for index in range(30)]
+    if list(samples.names) != expected:
+        raise ValueError(
+            f"--data {folder} must hold ISBI 2012 slices 00-29 as images/NN.png and "
+            f"labels/NN.png; found {len(samples)} samples"
+        )
+    return Split(
+        train=[samples[name] for name in expected[:18]],
+        val=[samples[name] for name in expected[18:20]],
+        test=[samples[name] for name in expected[20:]],
+    )
+
+
+def dsb2018_split(root: str | Path) -> Split:
+    """First 126 ids of ids.txt train (last 10 of them validate), the last 40 evaluate."""
+    from biounet.data.layouts import open_dataset
+
+    root = Path(root)
+    samples = open_dataset(root, layout="dsb")
+    ids_file = root / "ids.txt"
+    names = ids_file.read_text().split() if ids_file.is_file() else list(samples.names)
+    if len(names) < 50:
+        raise ValueError(f"--data {root} holds {len(names)} DSB images; the protocol needs 166")
+    train_names, test_names = names[:-40], names[-40:]
+    return Split(
+        train=[samples[name] for name in train_names[:-10]],
+        val=[samples[name] for name in train_names[-10:]],
+        test=[samples[name] for name in test_names],
+    )
+
+
+def ctc_split(root: str | Path, dataset: str) -> Split:
+    """Annotated frames of sequence 01 train (the last one validates), of 02 evaluate."""
+    from biounet.data.layouts import open_dataset
+
+    folder = Path(root) / dataset if (Path(root) / dataset).is_dir() else Path(root)
+    samples = open_dataset(folder, layout="ctc")
+    first = [name for name in samples.names if name.startswith("01")]
+    second = [name for name in samples.names if name.startswith("02")]
+    if len(first) < 2 or not second:
+        raise ValueError(
+            f"--data {folder} needs annotated frames in 01_GT/SEG (at least 2) and 02_GT/SEG"
+        )
+    return Split(
+        train=[samples[name] for name in first[:-1]],
+        val=[samples[name] for name in first[-1:]],
+        test=[samples[name] for name in second],
+    )
+
+
+def run_experiment(
+    experiment: str,
+    split: Split,
+    out: str | Path,
+    *,
+    preset_name: str = "cpu",
+    iterations: int | None = None,
+    progress: bool = True,
+    label: str | None = None,
+) -> dict:
+    """Train on `split.train`, select on `split.val`, score `split.test`; write results.json."""
+    from biounet.data.dataset import training_images
+    from biounet.evaluation import evaluate
+    from biounet.inference.predict import predict_tiled
+    from biounet.training.presets import preset, replace_train
+    from biounet.training.trainer import Trainer
+    from biounet.weightfile import load_model
+
+    out = Path(out)
+    metric = "rand" if experiment == "isbi2012" else "ap50"
+    config = replace_train(preset(preset_name), iterations=iterations, validation_metric=metric)
+    kwargs = {"model_config": config.model, "train_config": config.train}
+    train, val = training_images(split.train, **kwargs), training_images(split.val, **kwargs)
+    test = training_images(split.test, **kwargs)
+    started = time.perf_counter()
+    trainer = Trainer(
+        model_config=config.model, train_config=config.train, augment_config=config.augment,
+        train_images=train, val_images=val, run_dir=out / "train", progress=progress,
+    )
+    result = trainer.fit(resume=(out / "train" / "checkpoint.safetensors").is_file())
+    train_seconds = time.perf_counter() - started
+    model = load_model(out / "train" / "best.safetensors")
+    predictions = [(item.name, item.labels, predict_tiled(model, item.image)[1]) for item in test]
+    groups = "isbi" if experiment == "isbi2012" else "ctc,instance"
+    report = evaluate(predictions, metrics=groups)
+    if experiment == "ctc":
+        report.overall["foreground_iou"] = _foreground_iou(predictions)
+    results = {
+        "experiment": experiment if label is None else f"{experiment} {label}",
+        "preset": preset_name,
+        "iterations": result.step,
+        "train_seconds": train_seconds,
+        "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        "overall": report.overall,
+        "images": report.rows,
+    }
+    if experiment == "isbi2012":
+        results["paper_table_1"] = PAPER_TABLE_1
+    if experiment == "ctc" and label in PAPER_TABLE_2:
+        results["paper_table_2_iou"] = PAPER_TABLE_2[label]
+    from biounet.data.io import atomic_path
+
+    with atomic_path(out / "results.json") as temporary:
+        temporary.write_text(json.dumps(results, indent=2, default=float))
+    return results
+
+
+def _foreground_iou(predictions: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> float:
+    intersection = union = 0
+    for _, truth, probability in predictions:
+        predicted, actual = probability > 0.5, truth > 0
+        intersection += int(np.logical_and(predicted, actual).sum())
+        union += int(np.logical_or(predicted, actual).sum())
+    return intersection / union if union else 1.0
+
+
+def format_results(results: dict) -> str:
+    """Return the overall figures, beside the paper's where it reports them."""
+    lines = [f"{results['experiment']}: {results['iterations']} iterations "
+             f"({results['preset']} preset), {results['n_test']} test images"]
+    paper = results.get("paper_table_1", {})
+    for key, value in results["overall"].items():
+        if key == "n_images":
+            continue
+        beside = f"   (paper, Table 1: {paper[key]})" if key in paper else ""
+        lines.append(f"  {key:<16} {value:.4f}{beside}")
+    if paper:
+        lines.append("  note: the paper's figures are on the challenge's hidden test set; "
+                     "these are on training slices 20-29, held out from training and selection")
+    if "paper_table_2_iou" in results:
+        lines.append(f"  paper, Table 2 IoU: {results['paper_table_2_iou']} (challenge test set)")
+    return "\n".join(lines)
