@@ -166,6 +166,13 @@ def test_transposed_input_gives_transposed_objects(rng):
     assert ((counts > 0).sum(axis=0) == 1).all() and ((counts > 0).sum(axis=1) == 1).all()
 
 
+def test_rounding_just_outside_zero_and_one_is_tolerated():
+    foreground = np.zeros((12, 12), dtype=np.float32)
+    foreground[2:10, 2:10] = 1.0 + 1e-7
+    foreground[0, 0] = -1e-7
+    assert probabilities_to_labels(foreground).max() == 1
+
+
 def test_input_is_not_modified():
     foreground = np.zeros((10, 10))
     foreground[2:8, 2:8] = 0.9
@@ -203,6 +210,9 @@ def test_errors_name_the_parameter():
 def test_config_validation_names_the_field(options, name):
     with pytest.raises(ValueError, match=name):
         PostprocessConfig(**options)
+
+
+def test_config_rejects_a_fractional_min_size():
     with pytest.raises(TypeError, match="min_size"):
         PostprocessConfig(min_size=2.5)
 

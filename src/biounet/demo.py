@@ -46,7 +46,9 @@ QUICK = DemoSettings(
 )
 
 
-def run_demo(out: str | Path, *, settings: DemoSettings = DemoSettings(), progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path, *, settings: DemoSettings = DemoSettings(), progress: bool = True
+) -> dict:
     """Run the demo into `out` and return the metrics written to `out/metrics.json`."""
     from biounet.data.dataset import make_training_image
     from biounet.datasets.synthetic import generate_dataset, generate_sample
@@ -78,8 +80,11 @@ def run_demo(out: str | Path, *, settings: DemoSettings = DemoSettings(), progre
     )
     items = [
         make_training_image(
-            f"synthetic_{index:02d}", image[None], labels,
-            model_config=config.model, train_config=config.train,
+            f"synthetic_{index:02d}",
+            image[None],
+            labels,
+            model_config=config.model,
+            train_config=config.train,
         )
         for index, (image, labels) in enumerate(pairs)
     ]
@@ -119,8 +124,11 @@ def _segment_large_image(out, settings, progress, timings, generate_sample):
     image, truth = generate_sample(settings.large_shape, rng=settings.seed + 1000)
     model = load_model(out / "train" / "best.safetensors")
     grid = plan_tiles(model.config, image.shape)
-    _say(progress, f"segmenting a {image.shape[0]}x{image.shape[1]} image with {len(grid)} "
-                   f"tile(s) of {grid.tile_shape[0]}x{grid.tile_shape[1]}")
+    _say(
+        progress,
+        f"segmenting a {image.shape[0]}x{image.shape[1]} image with {len(grid)} "
+        f"tile(s) of {grid.tile_shape[0]}x{grid.tile_shape[1]}",
+    )
     started = time.perf_counter()
     probabilities = predict_tiled(model, normalize_percentile(image), progress=progress)
     timings["predict_s"] = time.perf_counter() - started
@@ -168,24 +176,44 @@ def _write_outputs(out: Path, metrics: dict, pictures: dict, item, history) -> N
         f"{metrics['n_tiles']} overlap tile(s) of {metrics['tile_shape']} with mirrored "
         "borders; instances by threshold and seeded watershed.",
     )
-    keys = ("rand_error", "pixel_error", "seg", "ap_50", "f1_50", "n_true_objects",
-            "n_predicted_objects", "megapixels_per_s", "train_s", "predict_s", "total_s")
+    keys = (
+        "rand_error",
+        "pixel_error",
+        "seg",
+        "ap_50",
+        "f1_50",
+        "n_true_objects",
+        "n_predicted_objects",
+        "megapixels_per_s",
+        "train_s",
+        "predict_s",
+        "total_s",
+    )
     report.add_table("Metrics on the large image", [{key: metrics[key] for key in keys}])
-    report.add_pictures("Large image", [
-        ("input", to_uint8(pictures["input"])),
-        ("predicted instances", pictures["prediction"]),
-    ])
-    report.add_pictures("512x512 corner", [
-        ("ground truth", pictures["crop_truth"]),
-        ("prediction", pictures["crop_prediction"]),
-    ])
+    report.add_pictures(
+        "Large image",
+        [
+            ("input", to_uint8(pictures["input"])),
+            ("predicted instances", pictures["prediction"]),
+        ],
+    )
+    report.add_pictures(
+        "512x512 corner",
+        [
+            ("ground truth", pictures["crop_truth"]),
+            ("prediction", pictures["crop_prediction"]),
+        ],
+    )
     curves = out / "train" / "curves.png"
     weight_picture = heat_map(item.weights)
-    report.add_pictures("Training", [
-        ("training image", to_uint8(item.image[0])),
-        ("weight map w(x), eq. 2", weight_picture),
-        *([("loss and validation AP@0.5", curves.read_bytes())] if curves.is_file() else []),
-    ])
+    report.add_pictures(
+        "Training",
+        [
+            ("training image", to_uint8(item.image[0])),
+            ("weight map w(x), eq. 2", weight_picture),
+            *([("loss and validation AP@0.5", curves.read_bytes())] if curves.is_file() else []),
+        ],
+    )
     report.add_table("Training history", history)
     report.write(out / "report.html")
 
@@ -199,4 +227,3 @@ def _say(enabled: bool, message: str) -> None:
 def settings_for(quick: bool) -> DemoSettings:
     """The full demo or the seconds-long `--quick` variant."""
     return QUICK if quick else DemoSettings()
-

@@ -31,14 +31,16 @@ class Report:
         keys = list(rows[0])
         head = "".join(f"<th>{html.escape(str(key))}</th>" for key in keys)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(key)))}</td>" for key in keys) + "</tr>"
+            "<tr>"
+            + "".join(f"<td>{html.escape(_cell(row.get(key)))}</td>" for key in keys)
+            + "</tr>"
             for row in rows
         )
-        self.sections.append(
-            f"<h2>{html.escape(heading)}</h2><table><tr>{head}</tr>{body}</table>"
-        )
+        self.sections.append(f"<h2>{html.escape(heading)}</h2><table><tr>{head}</tr>{body}</table>")
 
-    def add_pictures(self, heading: str, pictures: Sequence[tuple[str, np.ndarray | bytes]]) -> None:
+    def add_pictures(
+        self, heading: str, pictures: Sequence[tuple[str, np.ndarray | bytes]]
+    ) -> None:
         """Add captioned pictures: uint8 arrays (Y, X) / (Y, X, 3) or PNG bytes."""
         figures = "".join(
             f'<figure><img src="data:image/png;base64,{_png_base64(picture)}" '

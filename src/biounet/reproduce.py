@@ -62,7 +62,12 @@ def dsb2018_split(root: str | Path) -> Split:
     root = Path(root)
     samples = open_dataset(root, layout="dsb")
     ids_file = root / "ids.txt"
-    names = ids_file.read_text().split() if ids_file.is_file() else list(samples.names)
+    # ids.txt names images as stage1_train/<id>, the readers by <id>
+    names = (
+        [Path(line).name for line in ids_file.read_text().split()]
+        if ids_file.is_file()
+        else list(samples.names)
+    )
     if len(names) < 50:
         raise ValueError(f"--data {root} holds {len(names)} DSB images; the protocol needs 166")
     train_names, test_names = names[:-40], names[-40:]
@@ -118,8 +123,13 @@ def run_experiment(
     test = training_images(split.test, **kwargs)
     started = time.perf_counter()
     trainer = Trainer(
-        model_config=config.model, train_config=config.train, augment_config=config.augment,
-        train_images=train, val_images=val, run_dir=out / "train", progress=progress,
+        model_config=config.model,
+        train_config=config.train,
+        augment_config=config.augment,
+        train_images=train,
+        val_images=val,
+        run_dir=out / "train",
+        progress=progress,
     )
     result = trainer.fit(resume=(out / "train" / "checkpoint.safetensors").is_file())
     train_seconds = time.perf_counter() - started
@@ -134,7 +144,9 @@ def run_experiment(
         "preset": preset_name,
         "iterations": result.step,
         "train_seconds": train_seconds,
-        "n_train": len(train), "n_val": len(val), "n_test": len(test),
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
         "overall": report.overall,
         "images": report.rows,
     }
@@ -160,8 +172,10 @@ def _foreground_iou(predictions: Sequence[tuple[str, np.ndarray, np.ndarray]]) -
 
 def format_results(results: dict) -> str:
     """Return the overall figures, beside the paper's where it reports them."""
-    lines = [f"{results['experiment']}: {results['iterations']} iterations "
-             f"({results['preset']} preset), {results['n_test']} test images"]
+    lines = [
+        f"{results['experiment']}: {results['iterations']} iterations "
+        f"({results['preset']} preset), {results['n_test']} test images"
+    ]
     paper = results.get("paper_table_1", {})
     for key, value in results["overall"].items():
         if key == "n_images":
@@ -169,8 +183,10 @@ def format_results(results: dict) -> str:
         beside = f"   (paper, Table 1: {paper[key]})" if key in paper else ""
         lines.append(f"  {key:<16} {value:.4f}{beside}")
     if paper:
-        lines.append("  note: the paper's figures are on the challenge's hidden test set; "
-                     "these are on training slices 20-29, held out from training and selection")
+        lines.append(
+            "  note: the paper's figures are on the challenge's hidden test set; "
+            "these are on training slices 20-29, held out from training and selection"
+        )
     if "paper_table_2_iou" in results:
         lines.append(f"  paper, Table 2 IoU: {results['paper_table_2_iou']} (challenge test set)")
     return "\n".join(lines)

@@ -136,9 +136,11 @@ def pool_matches(results: Iterable[MatchingResult]) -> MatchingResult:
     """Sum the counts of several images' results at the same threshold (object pooling).
 
     Example:
-        >>> a = MatchingResult(0.5, n_true=2, n_pred=1, n_true_positives=1, sum_matched_iou=0.8)
-        >>> b = MatchingResult(0.5, n_true=1, n_pred=2, n_true_positives=1, sum_matched_iou=0.6)
-        >>> pool_matches([a, b]).average_precision
+        >>> one = MatchingResult(0.5, n_true=2, n_pred=1, n_true_positives=1,
+        ...                      sum_matched_iou=0.8)
+        >>> two = MatchingResult(0.5, n_true=1, n_pred=2, n_true_positives=1,
+        ...                      sum_matched_iou=0.6)
+        >>> pool_matches([one, two]).average_precision  # TP 2, FP 1, FN 1
         0.5
 
     Raises:

@@ -6,9 +6,10 @@ import numpy as np
 import scipy.sparse
 from numpy.typing import ArrayLike
 
-# A dense bincount over all (reference, prediction) id pairs is the fastest way to count,
-# but its memory grows with n_reference * n_prediction; above this many cells (or more
-# cells than pixels) the pairs are counted by sorting instead.
+# A bincount over all (reference id, prediction id) cells is the fastest count, but its
+# memory grows with the product of the largest ids. Beyond this many cells (or the pixel
+# count, if larger) the ids are first compacted to 0..n-1; beyond it even then, the pairs
+# are counted by sorting.
 _MAX_DENSE_CELLS = 1 << 24
 
 
@@ -63,7 +64,7 @@ def contingency_table(
     so the row sums are the sizes of the reference objects. Ids need not be contiguous.
 
     Args:
-        reference: (Y, X) or (Z, Y, X) non-negative integer labels.
+        reference: non-negative integer labels of any shape, e.g. (Y, X) or (Z, Y, X).
         prediction: integer labels of the same shape.
 
     Returns:
@@ -176,8 +177,6 @@ def _count_compacted_pairs(
 
 def _compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the sorted ids present in flat `labels` and each pixel's index into them."""
-    if labels.size == 0:
-        return np.zeros(0, dtype=labels.dtype), np.zeros(0, dtype=np.int64)
     max_id = int(labels.max())
     # A lookup table indexed by id is O(N) where np.unique sorts; use it unless ids are huge.
     if max_id <= max(4 * labels.size, 1 << 16):

@@ -1,0 +1,81 @@
+"""The reproduction protocols: splits on real data, a tiny run end to end, the CTC reader."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from biounet import reproduce
+from biounet.cli import main
+from biounet.training import presets
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    original = presets.preset
+
+    def tiny(name):
+        config = original(name)
+        model = dataclasses.replace(config.model, depth=2, base_channels=4)
+        train = dataclasses.replace(config.train, tile_shape=(108, 108), workers=0, validate_every=2, checkpoint_every=2)
+        return presets.RunConfig(model=model, train=train, augment=config.augment)
+
+    monkeypatch.setattr(presets, "preset", tiny)
+
+
+@pytest.mark.data
+def test_isbi_split_keeps_evaluation_slices_apart(data_root):
+    split = reproduce.isbi2012_split(data_root / "isbi2012")
+    names = lambda samples: [sample.name for sample in samples]  # noqa: E731
+    assert names(split.train) == [f"{i:02d}" for i in range(18)]
+    assert names(split.val) == ["18", "19"]
+    assert names(split.test) == [f"{i:02d}" for i in range(20, 30)]
+
+
+@pytest.mark.data
+def test_dsb_split_follows_ids_file(data_root):
+    split = reproduce.dsb2018_split(data_root / "dsb2018")
+    ids = [line.split("/")[-1] for line in (data_root / "dsb2018" / "ids.txt").read_text().split()]
+    assert [s.name for s in split.train] + [s.name for s in split.val] == ids[:126]
+    assert [s.name for s in split.test] == ids[126:]
+
+
+@pytest.mark.data
+def test_isbi_reproduction_runs_on_a_tiny_budget(data_root, tmp_path, tiny_preset, capsys):
+    split = reproduce.isbi2012_split(data_root / "isbi2012")
+    split = reproduce.Split(train=split.train[:2], val=split.val[:1], test=split.test[:2])
+    results = reproduce.run_experiment("isbi2012", split, tmp_path, iterations=2, progress=False)
+    assert results["iterations"] == 2 and results["n_test"] == 2
+    for key in ("pixel_error", "rand_error", "warping_error"):
+        assert 0 <= results["overall"][key] <= 1
+    assert json.loads((tmp_path / "results.json").read_text())["paper_table_1"]["rand_error"] == 0.0382
+    assert "paper, Table 1" in reproduce.format_results(results)
+
+
+def write_ctc(root, rng):
+    for sequence in ("01", "02"):
+        (root / sequence).mkdir(parents=True)
+        (root / f"{sequence}_GT" / "SEG").mkdir(parents=True)
+        for frame in range(4):
+            labels = np.zeros((64, 64), np.uint16)
+            for cell in range(1, 4):
+                y, x = rng.integers(10, 54, size=2)
+                labels[y - 6 : y + 6, x - 6 : x + 6] = cell
+            image = (labels > 0) * 100 + rng.integers(0, 30, labels.shape)
+            tifffile.imwrite(root / sequence / f"t{frame:03d}.tif", image.astype(np.uint16))
+            if frame % 2 == 0:  # only some frames are annotated
+                tifffile.imwrite(root / f"{sequence}_GT" / "SEG" / f"man_seg{frame:03d}.tif", labels)
+
+
+def test_ctc_protocol_on_a_synthetic_folder(tmp_path, rng, tiny_preset, capsys):
+    write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
+    code = main(["reproduce", "ctc", "--data", str(tmp_path / "data"), "--dataset", "PhC-C2DH-U373", "--out", str(tmp_path / "run"), "--iterations", "2", "--quiet"])
+    assert code == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["n_train"], results["n_val"], results["n_test"]) == (1, 1, 2)
+    assert 0 <= results["overall"]["seg"] <= 1 and 0 <= results["overall"]["foreground_iou"] <= 1
+    assert results["paper_table_2_iou"] == 0.9203
+    assert main(["reproduce", "ctc", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r2")]) == 2
+    assert "--dataset is required" in capsys.readouterr().err
