@@ -1,4 +1,4 @@
-"""The main job end to end on embedded synthetic data: train, predict a large image, evaluate, report.
+"""The main job end to end on embedded synthetic data: train, predict, evaluate, report.
 
 Nothing is downloaded: `biounet.datasets.synthetic` draws touching cells with
 textured interiors, thin borders, uneven illumination, blur and noise, with instance

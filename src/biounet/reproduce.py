@@ -1,4 +1,4 @@
-"""The paper's experiments on real data, one function each: train, predict the held-out images, score.
+"""The paper's experiments on real data: train, predict held-out images, score.
 
 Protocols (data sets are never mixed across the split):
   isbi2012  train slices 00-17, select the model on 18-19 (Rand error), evaluate 20-29
