@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", default="auto", help="auto, pairs, stack, dsb or ctc")
     parser.add_argument("--label-kind", default="auto", help="auto, binary, instance or semantic")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--nproc", type=int, default=1,
+        help="data-parallel processes on this machine (torchrun; gloo on CPU, nccl on GPU)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     train = parser.add_argument_group("training overrides (TrainConfig fields)")
     train.add_argument("--iterations", type=int)
@@ -46,9 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biounet.training.distributed import init_from_environment
     from biounet.training.presets import preset, replace_train
     from biounet.training.trainer import CHECKPOINT
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be a positive integer, got {args.nproc}")
+    if args.nproc > 1:
+        return _launch_torchrun(args.nproc)
+    rank, _ = init_from_environment()
     out = Path(args.out)
     if args.resume:
         if not (out / "config.json").is_file() or not (out / CHECKPOINT).is_file():
@@ -87,10 +97,36 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     result = trainer.fit(resume=args.resume)
+    if rank != 0:
+        return 130 if result.interrupted else 0
     state = "interrupted" if result.interrupted else "finished"
     best = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
     print(f"{state} at iteration {result.step}; best validation score {best}; run folder {out}")
     return 130 if result.interrupted else 0
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Run this same command under torchrun with `nproc` processes (without --nproc)."""
+    import subprocess
+    import sys
+
+    argv = sys.argv[1:]
+    forwarded, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc":
+            skip = True
+            continue
+        if item.startswith("--nproc="):
+            continue
+        forwarded.append(item)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={nproc}", "-m", "biounet", *forwarded,
+    ]
+    return subprocess.call(command)
 
 
 def _read_json(path: Path, name: str) -> dict:

@@ -1,7 +1,7 @@
 """Training checkpoints in safetensors: weights, optimiser state, RNG state, step; never pickle.
 
 Layout of one file: tensors `model/<name>`, `optimizer/<param index>/<name>` and
-`rng/torch`; metadata (JSON strings) `format`, `format_version`, `configs` (model,
+`rng/torch/<rank>`; metadata (JSON strings) `format`, `format_version`, `configs` (model,
 train and augmentation configs), `step`, `param_groups`, `extra` and a sha256 over the
 tensors. Files are written under a temporary name and renamed, so the previous
 checkpoint survives any crash or kill during a write.
@@ -32,7 +32,7 @@ class Checkpoint:
     step: int
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any]
-    torch_rng_state: torch.Tensor
+    torch_rng_states: list[torch.Tensor]
     extra: dict[str, Any]
 
 
@@ -44,8 +44,12 @@ def save_checkpoint(
     step: int,
     configs: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    rng_states: list[torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically and return its path."""
+    """Write a checkpoint atomically and return its path.
+
+    `rng_states` holds one torch RNG state per rank (default: this process's).
+    """
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {
@@ -57,7 +61,8 @@ def save_checkpoint(
         for name, value in state.items():
             tensor = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optimizer/{index}/{name}"] = tensor.detach().cpu().contiguous()
-    tensors["rng/torch"] = torch.get_rng_state()
+    for rank, state in enumerate(rng_states or [torch.get_rng_state()]):
+        tensors[f"rng/torch/{rank}"] = state
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -100,6 +105,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise ValueError(f"checkpoint {path} failed its checksum: it was changed or damaged")
     optimizer_tensors: dict[int, dict[str, torch.Tensor]] = {}
     model_state = {}
+    rng_states: dict[int, torch.Tensor] = {}
     for key, tensor in tensors.items():
         kind, _, rest = key.partition("/")
         if kind == "model":
@@ -107,6 +113,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         elif kind == "optimizer":
             index, _, name = rest.partition("/")
             optimizer_tensors.setdefault(int(index), {})[name] = tensor
+        elif kind == "rng":
+            rng_states[int(rest.rpartition("/")[2])] = tensor
     return Checkpoint(
         configs=json.loads(metadata["configs"]),
         step=int(metadata["step"]),
@@ -115,15 +123,24 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             "state": optimizer_tensors,
             "param_groups": json.loads(metadata["param_groups"]),
         },
-        torch_rng_state=tensors["rng/torch"],
+        torch_rng_states=[rng_states[rank] for rank in sorted(rng_states)],
         extra=json.loads(metadata.get("extra", "{}")),
     )
 
 
 def restore(
-    checkpoint: Checkpoint, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    checkpoint: Checkpoint,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rank: int = 0,
 ) -> None:
-    """Load a checkpoint's model, optimiser and torch RNG state in place."""
+    """Load a checkpoint's model, optimiser and this rank's torch RNG state in place."""
     load_state_dict_checked(model, checkpoint.model_state, source="checkpoint")
     optimizer.load_state_dict(checkpoint.optimizer_state)
-    torch.set_rng_state(checkpoint.torch_rng_state)
+    if rank >= len(checkpoint.torch_rng_states):
+        raise ValueError(
+            f"checkpoint holds RNG states of {len(checkpoint.torch_rng_states)} rank(s); "
+            f"cannot resume rank {rank}: resume with the same number of processes"
+        )
+    torch.set_rng_state(checkpoint.torch_rng_states[rank])

@@ -27,6 +27,7 @@ from biounet.data.io import atomic_path
 from biounet.inference.predict import predict_tiled
 from biounet.losses import weighted_cross_entropy
 from biounet.model.unet import UNet
+from biounet.training import distributed
 from biounet.training.checkpoint import load_checkpoint, restore, save_checkpoint
 from biounet.weightfile import save_model
 
@@ -131,9 +132,13 @@ class Trainer:
     def fit(self, *, resume: bool = False) -> TrainResult:
         """Train until `iterations`, or until SIGTERM / Ctrl-C, which checkpoint and return."""
         config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(config.seed)
-        model = UNet(self.model_config)
+        self.rank, self.world = distributed.rank_and_world()
+        is_main = self.rank == 0
+        if is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.model = model = UNet(self.model_config)
+        torch.manual_seed(config.seed + 1 + self.rank)  # own drop-out masks per rank
         optimizer = build_optimizer(model, config)
         start, best = 0, None
         if resume:
@@ -143,23 +148,27 @@ class Trainer:
                     f"--resume: the configuration differs from the one in {self.run_dir}; "
                     "resume with the run's own config.json"
                 )
-            restore(checkpoint, model=model, optimizer=optimizer)
+            restore(checkpoint, model=model, optimizer=optimizer, rank=self.rank)
             start, best = checkpoint.step, checkpoint.extra.get("best_score")
             self.history = checkpoint.extra.get("history", [])
-        _write_text(self.run_dir / "config.json", json.dumps(self.configs, indent=2))
+        if is_main:
+            _write_text(self.run_dir / "config.json", json.dumps(self.configs, indent=2))
         if start >= config.iterations:
             return TrainResult(start, best, False, self.history)
+        network = model
+        if self.world > 1:
+            network = torch.nn.parallel.DistributedDataParallel(model)
         loader = self._loader(start)
         previous = _install_sigterm(self._request_stop)
         interrupted = False
         step = start
         losses: list[float] = []
         started = time.perf_counter()
-        bar = _progress(config.iterations, start, enabled=self.progress)
+        bar = _progress(config.iterations, start, enabled=self.progress and is_main)
         try:
             for image, target, weights in loader:
-                model.train()
-                loss = weighted_cross_entropy(model(image), target, weights)
+                network.train()
+                loss = weighted_cross_entropy(network(image), target, weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -168,12 +177,12 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 last = step == config.iterations
-                if step % config.validate_every == 0 or last:
+                if is_main and (step % config.validate_every == 0 or last):
                     best = self._validate(model, step, losses, best, time.perf_counter() - started)
                     losses = []
                 if step % config.checkpoint_every == 0 or last:
                     self._checkpoint(model, optimizer, step, best)
-                if self._stop_requested:
+                if distributed.any_rank(self._stop_requested):
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             interrupted = True
@@ -182,7 +191,10 @@ class Trainer:
         finally:
             bar.close()
             _install_sigterm(previous)
-        save_model(model, self.run_dir / "model.safetensors", metadata=self._weight_metadata())
+        if is_main:
+            save_model(
+                model, self.run_dir / "model.safetensors", metadata=self._weight_metadata()
+            )
         return TrainResult(step, best, interrupted, self.history)
 
     def _request_stop(self, *_: object) -> None:
@@ -194,7 +206,7 @@ class Trainer:
             self.train_images,
             model_config=self.model_config,
             tile_shape=config.tile_shape,
-            length=config.iterations * config.batch_size,
+            length=config.iterations * config.batch_size * self.world,
             seed=config.seed,
             foreground_fraction=config.foreground_fraction,
             augment_config=self.augment_config,
@@ -202,7 +214,11 @@ class Trainer:
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=config.batch_size,
-            sampler=range(start * config.batch_size, len(dataset)),
+            sampler=list(
+                distributed.rank_indices(
+                    start, config.iterations, config.batch_size, self.rank, self.world
+                )
+            ),
             num_workers=config.workers,
             worker_init_fn=_single_threaded_worker,
             # a private generator keeps the global torch RNG (drop-out) untouched
@@ -241,6 +257,9 @@ class Trainer:
         return best
 
     def _checkpoint(self, model, optimizer, step, best) -> None:
+        states = distributed.gather_rng_states()  # every rank takes part
+        if self.rank != 0:
+            return
         save_checkpoint(
             self.run_dir / CHECKPOINT,
             model=model,
@@ -248,6 +267,7 @@ class Trainer:
             step=step,
             configs=self.configs,
             extra={"best_score": best, "history": self.history},
+            rng_states=states,
         )
 
     def _weight_metadata(self) -> dict[str, str]:
