@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("biounet.cli.train", "train a U-Net on annotated images"),
     "predict": ("biounet.cli.predict", "segment images with overlap-tile prediction"),
     "evaluate": ("biounet.cli.evaluate", "score predictions against ground truth"),
+    "data": ("biounet.cli.data", "fetch public data sets (isbi2012, dsb2018, CTC)"),
     "reproduce": ("biounet.cli.reproduce", "the paper's experiments on ISBI 2012, DSB 2018, CTC"),
 }
 
@@ -25,6 +26,7 @@ USER_ERRORS = (
     PermissionError,
     IsADirectoryError,
     NotADirectoryError,
+    ConnectionError,  # downloads: offline or refused, said in one line
 )
 
 
