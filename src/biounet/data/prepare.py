@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from biounet.data.normalize import normalize_percentile, to_float_image
+from biounet.data.normalize import normalize_percentile, normalize_zscore, to_float_image
 
 _MAX_SAMPLES = 4  # a last axis of at most 4 is colour samples (grey+alpha, RGB, RGBA)
 
@@ -48,7 +48,8 @@ def prepare_page(
     A grey network refuses true colour (it would have to guess the conversion);
     grey stored as RGB (R = G = B) is accepted as grey. Normalisation
     "percentile" maps the 1st/99.8th percentiles to 0/1 per channel (CSBDeep's
-    convention), "none" keeps values as they are.
+    convention), "zscore" gives zero mean and unit variance, "none" keeps values.
+    Use what the model was trained with (`TrainConfig.normalization`).
     """
     page = np.asarray(page)
     if page.dtype.kind not in "biuf":
@@ -81,9 +82,13 @@ def prepare_page(
             f"{name} has shape {page.shape}; a model with {in_channels} input channels needs "
             "arrays prepared in Python ((C, Y, X), see biounet.predict_tiled)"
         )
+    spatial = tuple(range(1, array.ndim))
     if normalization == "percentile":
-        spatial = tuple(range(1, array.ndim))
         return normalize_percentile(array, axis=spatial)
+    if normalization == "zscore":
+        return normalize_zscore(array, axis=spatial)
     if normalization == "none":
         return array
-    raise ValueError(f"normalization must be 'percentile' or 'none', got {normalization!r}")
+    raise ValueError(
+        f"normalization must be 'percentile', 'zscore' or 'none', got {normalization!r}"
+    )
