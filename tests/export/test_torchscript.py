@@ -1,0 +1,128 @@
+"""TorchScript export: the saved file equals PyTorch on shapes it was not traced on; checks refuse."""
+
+import numpy as np
+import pytest
+import torch
+
+from biounet.config import UNetConfig
+from biounet.export.torchscript import (
+    TOLERANCE,
+    check_inputs,
+    check_tile_shape,
+    compare_with_pytorch,
+    export_torchscript,
+    trace_shape,
+)
+from biounet.geometry import min_input_size
+from biounet.model.unet import UNet
+
+
+def make_unet(seed=0, **options):
+    torch.manual_seed(seed)
+    return UNet(UNetConfig(**{"depth": 2, "base_channels": 4, **options})).eval()
+
+
+def scores(model, batch):
+    with torch.no_grad():
+        return model(torch.from_numpy(batch)).numpy()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"padding": "same", "norm": "batch", "upsampling": "bilinear", "in_channels": 2},
+        {"ndim": 3, "depth": 1, "base_channels": 2, "n_classes": 3},
+    ],
+)
+def test_saved_file_equals_pytorch_on_untraced_shapes(options, tmp_path, rng):
+    model = make_unet(**options)
+    path = export_torchscript(model, tmp_path / "unet.pt")
+    loaded = torch.jit.load(str(path))
+    config = model.config
+    smallest, step = min_input_size(depth=config.depth, padding=config.padding), 2**config.depth
+    traced = trace_shape(config)
+    for batch_size, shape in [
+        (3, (smallest,) * config.ndim),
+        (1, tuple(s + step * 3 for s in traced)),
+    ]:
+        batch = rng.random((batch_size, config.in_channels, *shape), dtype=np.float32)
+        with torch.no_grad():
+            exported = loaded(torch.from_numpy(batch)).numpy()
+        expected = scores(model, batch)
+        assert exported.shape == expected.shape
+        np.testing.assert_allclose(exported, expected, rtol=0, atol=1e-5)
+
+
+def test_export_leaves_the_model_as_it_was(tmp_path):
+    model = make_unet().train()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    export_torchscript(model, tmp_path / "unet.pt", tile_shape=(64, 60))
+    assert model.training
+    assert all(parameter.requires_grad for parameter in model.parameters())
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+class ShapeDependentUNet(UNet):
+    """Python control flow on the input size: a trace silently freezes one branch."""
+
+    def forward(self, image):
+        result = super().forward(image)
+        if image.shape[-1] != trace_shape(self.config)[-1]:
+            result = result.flip(1)  # swaps the classes, changing the probabilities
+        return result
+
+
+def test_a_trace_that_does_not_generalise_is_refused_and_not_written(tmp_path):
+    torch.manual_seed(0)
+    model = ShapeDependentUNet(UNetConfig(depth=2, base_channels=4)).eval()
+    with pytest.raises(ValueError, match="TorchScript export disagrees with PyTorch"):
+        export_torchscript(model, tmp_path / "unet.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_with_pytorch_tolerance():
+    model = make_unet()
+    inputs = check_inputs(model.config)
+    exact = compare_with_pytorch(model, lambda batch: scores(model, batch), inputs, name="test")
+    assert exact == 0.0
+
+    def nudged(batch):  # probabilities move by up to a quarter of the score change
+        result = scores(model, batch)
+        result[:, 0] += 40 * TOLERANCE
+        return result
+
+    with pytest.raises(ValueError, match=r"test export disagrees .* > 0.0001"):
+        compare_with_pytorch(model, nudged, inputs, name="test")
+    with pytest.raises(ValueError, match="gives shape"):
+        compare_with_pytorch(model, lambda batch: scores(model, batch)[:, :1], inputs, name="test")
+
+
+def test_check_inputs_shapes_and_seed():
+    config = UNetConfig(depth=2, base_channels=4)
+    first, second = check_inputs(config)
+    assert first.shape == (2, 1, 52, 56) and first.dtype == np.float32  # 44 + 4n, n = 2, 3
+    assert second.shape == (1, 1, 48, 60)
+    np.testing.assert_array_equal(first, check_inputs(config)[0])
+    assert check_inputs(config, (92, 44))[1].shape == (1, 1, 92, 44)
+
+
+@pytest.mark.parametrize(
+    ("tile_shape", "message"),
+    [((50, 60), "nearest valid sizes are 48 and 52"), ((60,), "needs 2 sizes")],
+)
+def test_invalid_tile_shape(tile_shape, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        check_tile_shape(UNetConfig(depth=2), tile_shape)
+    with pytest.raises(ValueError, match=message):
+        export_torchscript(make_unet(), tmp_path / "unet.pt", tile_shape=tile_shape)
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    target = tmp_path / "unet.pt"
+    target.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_torchscript(make_unet(), target)
+    assert target.read_bytes() == b"keep"
+    export_torchscript(make_unet(), target, overwrite=True)
+    assert torch.jit.load(str(target)) is not None
