@@ -14,7 +14,7 @@ COMMANDS = {
     "train": ("biounet.cli.train", "train a U-Net on annotated images"),
     "predict": ("biounet.cli.predict", "segment images with overlap-tile prediction"),
     "evaluate": ("biounet.cli.evaluate", "score predictions against ground truth"),
-    "export": ("biounet.cli.export", "export a model to ONNX, TorchScript or a bioimage.io package"),
+    "export": ("biounet.cli.export", "export a model to ONNX, TorchScript or bioimage.io"),
     "data": ("biounet.cli.data", "fetch public data sets (isbi2012, dsb2018, CTC)"),
     "reproduce": ("biounet.cli.reproduce", "the paper's experiments on ISBI 2012, DSB 2018, CTC"),
 }
