@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -109,10 +110,18 @@ def read_weight_file(
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:
     """Build the U-Net stored in a biounet weight file and load its weights, in eval mode.
 
+    `path` may also be a bioimage.io package (zip) written by `biounet export`; its
+    safetensors attachment is read, nothing in the package is executed.
+
     Raises:
         FileNotFoundError, ValueError: see `read_weight_file`; also a ValueError if the
             tensors do not fit the stored architecture.
     """
+    if zipfile.is_zipfile(path):  # safetensors files are never zips; torch.save files are
+        from biounet.export.bioimageio import is_bioimageio_package, load_bioimageio_package
+
+        if is_bioimageio_package(path):
+            return load_bioimageio_package(path).to(device)
     tensors, metadata = read_weight_file(path)
     try:
         config = UNetConfig.from_dict(json.loads(metadata["config"]))
