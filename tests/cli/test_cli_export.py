@@ -14,11 +14,12 @@ from biounet.model.unet import UNet
 from biounet.weightfile import save_model
 
 
-@pytest.fixture(autouse=True)
-def export_command(monkeypatch):
-    if "export" not in biounet.cli.COMMANDS:  # until cli/__init__.py registers the command
-        entry = ("biounet.cli.export", "export a model: ONNX, TorchScript, bioimage.io")
-        monkeypatch.setitem(biounet.cli.COMMANDS, "export", entry)
+def test_export_is_a_registered_command(capsys):
+    assert biounet.cli.COMMANDS["export"][0] == "biounet.cli.export"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--help"])
+    assert exit_info.value.code == 0
+    assert "--format" in capsys.readouterr().out
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
+import biounet
 from biounet.config import UNetConfig
 from biounet.inference.predict import predict_tiled
 from biounet.model.unet import UNet
@@ -134,6 +135,11 @@ def test_package_imports_back_exactly(package, tmp_path):
     assert loaded.config == model.config and not loaded.training
     expected = model.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())
+    via_load_model = biounet.load_model(path)  # the public loader accepts packages too
+    assert via_load_model.config == model.config and not via_load_model.training
+    assert all(
+        torch.equal(tensor, expected[name]) for name, tensor in via_load_model.state_dict().items()
+    )
 
 
 def test_import_refuses_other_files(package, tmp_path):
