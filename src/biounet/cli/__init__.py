@@ -51,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (2 for user errors, without a traceback)."""
+    """Run the command line and return its exit code; errors print one line, no traceback.
+
+    Exit codes: 0 done; 2 the input was refused (a user error); 1 the system failed
+    (an OSError such as a full disk, named with the file it hit; outputs are written
+    atomically, so the previous version of that file is intact); 130 interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -61,9 +66,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except USER_ERRORS as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"biounet {args.command_name}: error: {message}", file=sys.stderr)
+        _print_error(args.command_name, error)
         return 2
+    except OSError as error:  # disk full, I/O error: not the input's fault
+        _print_error(args.command_name, error)
+        return 1
     except KeyboardInterrupt:
         print(f"biounet {args.command_name}: interrupted", file=sys.stderr)
         return 130
+
+
+def _print_error(command: str, error: BaseException) -> None:
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(_printable(f"biounet {command}: error: {message}", sys.stderr), file=sys.stderr)
+
+
+def _printable(text: str, stream=None) -> str:
+    """Return `text` such that `stream` (default: stderr) can encode it.
+
+    A file name that is not valid UTF-8 reaches Python with surrogate escapes (PEP 383);
+    its bytes are shown as ``\\xNN`` instead, and characters the stream's encoding
+    lacks as ``\\uNNNN``, so printing an error never raises UnicodeEncodeError.
+
+    Example:
+        >>> _printable("caf\\udce9.tif")
+        'caf\\\\xe9.tif'
+    """
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file-name decoding produced
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    encoding = getattr(stream or sys.stderr, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)

@@ -7,12 +7,16 @@ into place, so an interrupted run never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -35,6 +39,43 @@ def check_input_file(path: str | os.PathLike, *, name: str = "path") -> Path:
         raise ValueError(f"{name} {path} is a folder; expected a file")
     if path.stat().st_size == 0:
         raise ValueError(f"{name} {path} is an empty file (0 bytes)")
+    return path
+
+
+def check_output_path(
+    path: str | os.PathLike, *, name: str = "output", is_folder: bool = False
+) -> Path:
+    """Return `path` as a Path after checking that it can be written; nothing is created.
+
+    The nearest existing folder on the way to `path` must be a writable folder, and a
+    file `path` must not be an existing folder.
+
+    Raises:
+        NotADirectoryError: if `path` (a folder) or one of its parents is not a folder.
+        IsADirectoryError: if `path` (a file) is an existing folder.
+        PermissionError: if the nearest existing folder is not writable.
+    """
+    path = Path(path)
+    if not is_folder and path.is_dir():
+        raise IsADirectoryError(f"{name} {path} is a folder; expected a file name")
+    existing = path if is_folder else path.parent
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == path:
+            raise NotADirectoryError(f"{name} {path} exists and is not a folder")
+        raise NotADirectoryError(f"{name} {path} cannot be created: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{name} {path} cannot be written: output folder {existing} is not writable"
+        )
+    return path
+
+
+def make_folder(path: str | os.PathLike, *, name: str = "output folder") -> Path:
+    """Create the folder `path` (and its parents) after `check_output_path`; return it."""
+    path = check_output_path(path, name=name, is_folder=True)
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -75,15 +116,62 @@ def check_image_dtype(array: np.ndarray, *, name: str = "image") -> None:
 def _read_tiff(path: Path, name: str) -> np.ndarray:
     import tifffile
 
+    with _captured_log("tifffile") as records:
+        try:
+            array = np.asarray(tifffile.imread(path))
+        except Exception as error:  # tifffile raises many types for corrupt files
+            for record in records:  # the one error line says it; details for --verbose
+                logger.debug("%s %s: tifffile: %s", name, path, record.getMessage())
+            raise ValueError(
+                f"{name} {path} cannot be read as TIFF: {_first_line(error)}"
+            ) from None
+    for record in records:  # read, but tifffile had doubts: say which file they concern
+        level = min(record.levelno, logging.WARNING)
+        logger.log(level, "%s %s: tifffile: %s", name, path, record.getMessage())
+    return array
+
+
+class _CaptureFilter(logging.Filter):
+    """Diverts a logger's records into a list while this thread is inside `_captured_log`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        records = getattr(self.local, "records", None)
+        if records is None:
+            return True
+        records.append(record)
+        return False
+
+
+_CAPTURE_FILTERS: dict[str, _CaptureFilter] = {}
+
+
+@contextlib.contextmanager
+def _captured_log(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """Collect what `logger_name` logs in this thread during the block instead of printing it.
+
+    tifffile logs about damaged files on its own (ERROR/WARNING records) before it
+    raises; shown, they would be lines above biounet's one error line.
+    """
+    capture = _CAPTURE_FILTERS.get(logger_name)
+    if capture is None:
+        capture = _CAPTURE_FILTERS[logger_name] = _CaptureFilter()
+        logging.getLogger(logger_name).addFilter(capture)
+    outer = getattr(capture.local, "records", None)
+    capture.local.records = records = []
     try:
-        return np.asarray(tifffile.imread(path))
-    except Exception as error:  # tifffile raises many types for corrupt files
-        raise ValueError(f"{name} {path} cannot be read as TIFF: {_first_line(error)}") from None
+        yield records
+    finally:
+        capture.local.records = outer
 
 
 def _read_pillow(path: Path, name: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    _check_png_chunks(path, name)
     try:
         with Image.open(path) as handle:
             handle.load()
@@ -94,9 +182,45 @@ def _read_pillow(path: Path, name: str) -> np.ndarray:
             array = np.array(handle)
     except UnidentifiedImageError:
         raise ValueError(f"{name} {path} is not a readable image file") from None
+    except Image.DecompressionBombError as error:  # a few bytes claiming gigapixels
+        raise ValueError(f"{name} {path} is refused: {_first_line(error)}") from None
+    except MemoryError:
+        raise ValueError(
+            f"{name} {path} cannot be read: decoding it needs more memory than is available"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise ValueError(f"{name} {path} cannot be read: {_first_line(error)}") from None
     return array
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_chunks(path: Path, name: str) -> None:
+    """Refuse a PNG with a chunk longer than the file before Pillow allocates for it.
+
+    Pillow reads a chunk of the length the file states in one piece, so a 100-byte
+    file claiming a 2 GB chunk asks for 2 GB of memory. Only the 8-byte chunk headers
+    are read (PNG specification, Sec. 5.3: length, type, data, CRC).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if handle.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+            return  # not a PNG: Pillow identifies the format, or refuses the file
+        position = len(_PNG_SIGNATURE)
+        while position + 8 <= size:
+            header = handle.read(8)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if position + 12 + length > size:
+                raise ValueError(
+                    f"{name} {path} cannot be read: its {kind.decode('latin-1')!r} chunk "
+                    f"claims {length} bytes, but only {max(size - position - 12, 0)} follow "
+                    "(truncated or damaged)"
+                )
+            if kind == b"IEND":
+                return
+            position += 12 + length
+            handle.seek(position)
 
 
 def _first_line(error: BaseException) -> str:
@@ -110,25 +234,44 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
 
     Raises:
         FileExistsError: if `path` exists and `overwrite` is False.
+        NotADirectoryError, IsADirectoryError: see `check_output_path`.
         PermissionError: if the folder cannot be written.
+        OutputWriteError: if the block or the rename fails with an OSError (a full
+            disk, an I/O error); the temporary is removed and `path` left as it was.
     """
-    path = Path(path)
+    path = check_output_path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass overwrite to replace it")
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"output folder {folder} is not writable")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    folder = make_folder(path.parent)
+    try:
+        descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except PermissionError:  # what os.access cannot tell: root on a read-only mount, ACLs
+        raise PermissionError(
+            f"output {path} cannot be written: output folder {folder} is not writable"
+        ) from None
     os.close(descriptor)
-    temporary = Path(temporary)
+    temporary = Path(name)
     os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide outputs
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:
+        if error.errno is None or isinstance(error, OutputWriteError):
+            raise  # one of biounet's own messages
+        raise OutputWriteError(
+            error.errno,
+            f"cannot write {path}: {error.strerror or error} (a previous {path.name} is intact)",
+        ) from error
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+class OutputWriteError(OSError):
+    """Writing an output failed (disk full, I/O error); the file under its name is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _current_umask() -> int:
