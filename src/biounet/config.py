@@ -77,10 +77,17 @@ class UNetConfig(_JsonConfig):
         norm: None (the paper), "batch", "group" or "instance" after every 3x3 conv.
         upsampling: "upconv" (2x2 up-convolution, the paper) or "bilinear" + 1x1 conv.
         dropout: drop-out probability at the end of the contracting path (Sec. 3.1: 0.5).
+        pool_z: 3-D only, for anisotropic stacks: one bool per pooling level, True where
+            that level pools Z too (2x2x2, Cicek et al. 2016), False where it pools and
+            up-convolves only Y and X ((1, 2, 2)); the convolutions stay 3x3x3 at every
+            level. None (default): every level pools Z (isotropic). `biounet.geometry`
+            knows the per-axis sizes this gives.
 
     Example:
         >>> UNetConfig.from_json(UNetConfig(depth=3).to_json()) == UNetConfig(depth=3)
         True
+        >>> UNetConfig(ndim=3, depth=3, pool_z=(False, True, True)).pool_z
+        (False, True, True)
     """
 
     in_channels: int = 1
@@ -92,6 +99,7 @@ class UNetConfig(_JsonConfig):
     norm: str | None = None
     upsampling: str = "upconv"
     dropout: float = 0.5
+    pool_z: tuple[bool, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_int("in_channels", self.in_channels, 1)
@@ -110,6 +118,20 @@ class UNetConfig(_JsonConfig):
             raise ValueError(
                 f"base_channels must be even for norm='group', got {self.base_channels}"
             )
+        _check_pool_z(self.pool_z, ndim=self.ndim, depth=self.depth)
+
+
+def _check_pool_z(pool_z: Any, *, ndim: int, depth: int) -> None:
+    if pool_z is None:
+        return
+    if not isinstance(pool_z, tuple) or not all(isinstance(value, bool) for value in pool_z):
+        raise TypeError(f"pool_z must be None or a tuple of bools, got {pool_z!r}")
+    if ndim != 3:
+        raise ValueError(f"pool_z applies to 3-D networks only (ndim=3), got ndim={ndim}")
+    if len(pool_z) != depth:
+        raise ValueError(
+            f"pool_z {pool_z} needs one bool per pooling level, {depth} for depth={depth}"
+        )
 
 
 OPTIMIZERS = ("sgd", "adam")

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from biounet.config import UNetConfig
-from biounet.geometry import halo, valid_input_size
+from biounet.geometry import (
+    config_halo,
+    config_min_input_shape,
+    config_valid_input_shape,
+    halo,
+    valid_input_size,
+)
 from biounet.inference.predict import estimate_tile_bytes, predict_tiled
+from biounet.inference.tiling import make_tile_grid
 from biounet.model.unet import UNet
 
 
@@ -121,3 +128,38 @@ def test_channels_last_does_not_change_results(tiny_unet, rng):
 def test_bad_inputs(tiny_unet, image, kwargs, error, match):
     with pytest.raises(error, match=match):
         predict_tiled(tiny_unet, image, **kwargs)
+
+
+def reference_whole_pass_per_axis(model, image):
+    """As `reference_whole_pass`, with the per-axis halo of an anisotropic network."""
+    config = model.config
+    margins = config_halo(config)
+    wanted = [size + 2 * margin for size, margin in zip(image.shape[1:], margins)]
+    padded_shape = config_valid_input_shape(config, wanted)
+    pads = [(0, 0)] + [
+        (margin, padded - size - margin)
+        for size, margin, padded in zip(image.shape[1:], margins, padded_shape)
+    ]
+    padded = np.pad(image, pads, mode="reflect")
+    with torch.no_grad():
+        scores = model.eval()(torch.from_numpy(padded[None]).float())
+    crop = (slice(None),) + tuple(slice(0, size) for size in image.shape[1:])
+    return torch.softmax(scores, dim=1)[0].numpy()[crop]
+
+
+@pytest.mark.parametrize("pool_z", [(False, True), (False, False), (True, False)])
+def test_anisotropic_3d_tiled_equals_whole(pool_z, rng):
+    torch.manual_seed(5)
+    model = UNet(UNetConfig(ndim=3, depth=2, base_channels=2, pool_z=pool_z)).eval()
+    volume = rng.random((13, 37, 41), dtype=np.float32)  # odd sizes, few slices
+    smallest = config_min_input_shape(model.config)
+    tile_shape = (smallest[0] + 2, 60, 68)
+    whole = predict_tiled(model, volume, tile_shape="whole")
+    tiled = predict_tiled(model, volume, tile_shape=tile_shape, batch_size=4)
+    assert len(make_tile_grid(model.config, volume.shape, tile_shape)) > 8
+    assert np.abs(tiled - whole).max() <= 1e-5
+    np.testing.assert_allclose(whole, reference_whole_pass_per_axis(model, volume[None]), atol=1e-5)
+    automatic = predict_tiled(
+        model, volume, memory_budget=estimate_tile_bytes(model.config, (40, 60, 60))
+    )
+    assert np.abs(automatic - whole).max() <= 1e-5

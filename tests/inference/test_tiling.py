@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 
 from biounet.config import UNetConfig
-from biounet.geometry import halo, output_shape
+from biounet.geometry import (
+    config_halo,
+    config_output_shape,
+    config_size_step,
+    halo,
+    output_shape,
+)
 from biounet.inference.tiling import (
     choose_tile_shape,
     covering_tile_size,
     make_tile_grid,
     mirror_indices,
     read_window,
+    smallest_tile_size,
     whole_image_grid,
 )
 
@@ -94,3 +101,38 @@ def test_whole_image_grid_is_one_tile():
     grid = whole_image_grid(UNetConfig(), (2048, 1000))
     assert len(grid) == 1
     assert grid.tile_shape == (2236, 1196)
+
+
+ANISOTROPIC = UNetConfig(ndim=3, depth=3, base_channels=2, pool_z=(False, False, True))
+
+
+@pytest.mark.parametrize("image_shape", [(1, 1, 1), (7, 33, 50), (19, 64, 41)])
+@pytest.mark.parametrize("tile_shape", [(40, 140, 148), (46, 156, 140)])
+def test_anisotropic_tiles_cover_once_on_the_per_axis_pooling_grid(image_shape, tile_shape):
+    grid = make_tile_grid(ANISOTROPIC, image_shape, tile_shape)
+    steps, margins = config_size_step(ANISOTROPIC), config_halo(ANISOTROPIC)
+    assert steps == (2, 8, 8) and grid.halo == margins and margins[0] < margins[1]
+    tile_output = config_output_shape(ANISOTROPIC, tile_shape)
+    count = np.zeros(image_shape, dtype=int)
+    for tile in grid:
+        count[tile.output_slices] += 1
+        assert all(start % step == 0 for start, step in zip(tile.output_start, steps))
+        assert tuple(s - i for s, i in zip(tile.output_start, tile.input_start)) == margins
+        for piece, size in zip(tile.crop_slices(), tile_output):
+            assert 0 <= piece.start < piece.stop <= size
+    assert (count == 1).all()
+
+
+def test_anisotropic_tile_sizes_per_axis():
+    smallest = [smallest_tile_size(ANISOTROPIC, axis=axis) for axis in range(3)]
+    assert smallest[1] == smallest[2] == smallest_tile_size(UNetConfig(depth=3))
+    assert smallest[0] < smallest[1]
+    whole = whole_image_grid(ANISOTROPIC, (9, 50, 61))
+    assert len(whole) == 1
+    with pytest.raises(ValueError, match="axis 0; nearest valid sizes are 40 and 42"):
+        make_tile_grid(ANISOTROPIC, (9, 50, 50), (41, 140, 140))
+    with pytest.raises(ValueError, match="pool_z"):
+        make_tile_grid(ANISOTROPIC, (50, 50), (140, 140))
+    chosen = choose_tile_shape(ANISOTROPIC, (30, 300, 300), max_tile_pixels=40 * 200 * 200)
+    assert math.prod(chosen) <= 40 * 200 * 200
+    make_tile_grid(ANISOTROPIC, (30, 300, 300), chosen)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from biounet.config import UNetConfig
+from biounet.geometry import config_output_shape
 from biounet.model.unet import UNet
 
 
@@ -112,3 +113,40 @@ def test_same_seed_same_weights():
     torch.manual_seed(3)
     second = UNet(UNetConfig(depth=1, base_channels=4)).state_dict()
     assert all(np.array_equal(first[key], second[key]) for key in first)
+
+
+def test_anisotropic_3d_network_pools_only_y_x_where_asked():
+    config = UNetConfig(ndim=3, depth=3, base_channels=2, pool_z=(False, True, False))
+    model = UNet(config).eval()
+    assert [pool.kernel_size for pool in model.pools] == [(1, 2, 2), 2, (1, 2, 2)]
+    # the decoder undoes the levels from the deepest up
+    assert [up.up.kernel_size for up in model.decoder] == [(1, 2, 2), (2, 2, 2), (1, 2, 2)]
+    assert all(layer.kernel_size == (3, 3, 3) for layer in conv_layers(model)
+               if isinstance(layer, torch.nn.Conv3d) and layer.kernel_size != (1, 1, 1))
+    with torch.inference_mode():
+        for shape in [(42, 92, 92), (46, 100, 108)]:
+            expected = config_output_shape(config, shape)
+            assert model(torch.zeros(1, 1, *shape)).shape[2:] == expected
+    with pytest.raises(ValueError, match="axis 0 is not valid"):
+        model(torch.zeros(1, 1, 43, 92, 92))
+
+
+def test_anisotropic_bilinear_upsampling_follows_the_pooling():
+    config = UNetConfig(ndim=3, depth=2, base_channels=2, upsampling="bilinear",
+                        pool_z=(False, True))
+    with torch.inference_mode():
+        result = UNet(config).eval()(torch.zeros(1, 1, 28, 44, 44))
+    assert result.shape[2:] == config_output_shape(config, (28, 44, 44)) == (4, 4, 4)
+
+
+def test_pool_z_validation_and_round_trip():
+    config = UNetConfig(ndim=3, depth=2, pool_z=(False, True))
+    assert UNetConfig.from_json(config.to_json()) == config
+    assert UNetConfig.from_dict({"ndim": 3, "depth": 2, "pool_z": [False, True]}) == config
+    assert UNetConfig().pool_z is None
+    with pytest.raises(ValueError, match="pool_z applies to 3-D networks only"):
+        UNetConfig(depth=2, pool_z=(False, True))
+    with pytest.raises(ValueError, match="pool_z \\(False,\\) needs one bool per pooling level"):
+        UNetConfig(ndim=3, depth=2, pool_z=(False,))
+    with pytest.raises(TypeError, match="pool_z must be None or a tuple of bools"):
+        UNetConfig(ndim=3, depth=2, pool_z=(0, 1))

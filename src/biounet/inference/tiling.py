@@ -7,6 +7,10 @@ of 2**depth, so every tile's input window sits on the pooling grid of one virtua
 whole-image pass over the mirror-extended image. For a valid-convolution network the
 tiled result therefore *equals* that whole-image pass. The last tile may reach past
 the image; the surplus is computed on mirrored pixels and cropped.
+
+Everything is per axis: an anisotropic 3-D U-Net (`UNetConfig.pool_z`, Cicek et al.
+2016 with some levels pooling only Y and X) has a smaller halo along Z and a Z step
+that is a multiple of 2**(levels pooling Z) (`biounet.geometry.config_size_step`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ import numpy as np
 
 from biounet.config import UNetConfig
 from biounet.geometry import halo as network_halo
-from biounet.geometry import is_valid_input_size, min_input_size, nearest_valid_sizes
+from biounet.geometry import (
+    is_valid_input_size,
+    min_input_size,
+    nearest_valid_sizes,
+    pooling_per_axis,
+)
 
 
 def mirror_indices(start: int, stop: int, size: int) -> np.ndarray:
@@ -95,24 +104,27 @@ class TileGrid:
     Attributes:
         image_shape: spatial shape of the image.
         tile_shape: input window shape fed to the network (a valid input shape).
-        step: distance between tile output origins, a multiple of 2**depth per axis.
-        halo: context pixels per side, between a window's start and its output.
-        crop: offset of the used output inside the network's output (0 for valid
-            padding; the halo for same padding, whose borders are zero-padded).
+        step: distance between tile output origins per axis, a multiple of the axis's
+            pooling grid (2**depth unless a 3-D level does not pool Z).
+        halo: context pixels per side and axis, between a window's start and its output.
+        crop: offset of the used output inside the network's output per axis (0 for
+            valid padding; the halo for same padding, whose borders are zero-padded).
     """
 
     image_shape: tuple[int, ...]
     tile_shape: tuple[int, ...]
     step: tuple[int, ...]
-    halo: int
-    crop: int
+    halo: tuple[int, ...]
+    crop: tuple[int, ...]
 
     @property
     def counts(self) -> tuple[int, ...]:
         """Number of tiles per axis."""
         return tuple(
-            _count(size, tile - 2 * self.halo, step)
-            for size, tile, step in zip(self.image_shape, self.tile_shape, self.step)
+            _count(size, tile - 2 * margin, step)
+            for size, tile, step, margin in zip(
+                self.image_shape, self.tile_shape, self.step, self.halo
+            )
         )
 
     def __len__(self) -> int:
@@ -122,7 +134,7 @@ class TileGrid:
         for index in itertools.product(*(range(count) for count in self.counts)):
             start = tuple(i * step for i, step in zip(index, self.step))
             yield Tile(
-                input_start=tuple(s - self.halo for s in start),
+                input_start=tuple(s - margin for s, margin in zip(start, self.halo)),
                 output_start=start,
                 output_stop=tuple(
                     min(s + step_size + self._overhang(axis, i), size)
@@ -130,12 +142,12 @@ class TileGrid:
                         zip(start, index, self.step, self.image_shape)
                     )
                 ),
-                crop_start=(self.crop,) * len(start),
+                crop_start=self.crop,
             )
 
     def _overhang(self, axis: int, index: int) -> int:
         # The last tile along an axis fills all of its output, not just one step.
-        used = self.tile_shape[axis] - 2 * self.halo
+        used = self.tile_shape[axis] - 2 * self.halo[axis]
         return used - self.step[axis] if index == self.counts[axis] - 1 else 0
 
 
@@ -152,7 +164,7 @@ def make_tile_grid(
     Raises:
         ValueError: if `tile_shape` has the wrong number of axes, is not a valid input
             size of the network (the message names the nearest valid ones), or is too
-            small to produce 2**depth output pixels per axis.
+            small to produce one pooling-grid step (2**depth) of output pixels per axis.
     """
     image_shape = tuple(int(size) for size in image_shape)
     tile_shape = tuple(int(size) for size in tile_shape)
@@ -162,52 +174,72 @@ def make_tile_grid(
             f"tile_shape {tile_shape} must have {len(image_shape)} axes like the image "
             f"{image_shape}"
         )
-    margin = network_halo(depth=depth)
-    grid_step = 2**depth
-    steps = []
-    for axis, size in enumerate(tile_shape):
+    margins, steps = [], []
+    for axis, (size, pooling) in enumerate(
+        zip(tile_shape, pooling_per_axis(config, len(tile_shape)))
+    ):
         if size <= 0:
             raise ValueError(f"tile_shape must be positive, got {tile_shape}")
-        if not is_valid_input_size(size, depth=depth, padding=padding):
-            below, above = nearest_valid_sizes(size, depth=depth, padding=padding)
+        if not is_valid_input_size(size, depth=depth, padding=padding, pooling=pooling):
+            below, above = nearest_valid_sizes(size, depth=depth, padding=padding, pooling=pooling)
             nearest = f"{below} and {above}" if below is not None else f"{above} (the minimum)"
             raise ValueError(
                 f"tile_shape {tile_shape} is not a valid input for a depth-{depth} "
                 f"{padding}-padded U-Net on axis {axis}; nearest valid sizes are {nearest}"
             )
+        margin = network_halo(depth=depth, pooling=pooling)
+        grid_step = math.prod(pooling)
         step = (size - 2 * margin) // grid_step * grid_step
         if step < grid_step:
-            smallest = smallest_tile_size(config)
+            smallest = smallest_tile_size(config, axis=axis)
             raise ValueError(
                 f"tile_shape {tile_shape} is too small on axis {axis}: its output must cover "
                 f"at least {grid_step} px; use {smallest} or more"
             )
+        margins.append(margin)
         steps.append(step)
     return TileGrid(
         image_shape=image_shape,
         tile_shape=tile_shape,
         step=tuple(steps),
-        halo=margin,
-        crop=margin if padding == "same" else 0,
+        halo=tuple(margins),
+        crop=tuple(margins) if padding == "same" else (0,) * len(margins),
     )
 
 
-def smallest_tile_size(config: UNetConfig) -> int:
-    """Return the smallest tile input size whose output covers 2**depth px (one grid step).
+def _axis_pooling(config: UNetConfig, axis: int) -> tuple[int, ...]:
+    # axis counts from the front like array axes; -1 is X, pooled at every level
+    per_axis = pooling_per_axis(config)
+    if not -len(per_axis) <= axis < len(per_axis):
+        raise ValueError(f"axis must be in [-{config.ndim}, {config.ndim}), got {axis}")
+    return per_axis[axis]
+
+
+def smallest_tile_size(config: UNetConfig, *, axis: int = -1) -> int:
+    """Return the smallest tile input size along `axis` whose output covers one grid step.
+
+    The grid step is 2**depth, or 2**(levels pooling Z) along Z of an anisotropic
+    3-D network; the default axis, X, is pooled at every level.
 
     Example:
         >>> smallest_tile_size(UNetConfig())
         204
+        >>> smallest_tile_size(UNetConfig(ndim=3, depth=2, pool_z=(False, True)), axis=0)
+        26
     """
-    margin = network_halo(depth=config.depth)
+    pooling = _axis_pooling(config, axis)
+    margin = network_halo(depth=config.depth, pooling=pooling)
     size = max(
-        min_input_size(depth=config.depth, padding=config.padding), 2 * margin + 2**config.depth
+        min_input_size(depth=config.depth, padding=config.padding, pooling=pooling),
+        2 * margin + math.prod(pooling),
     )
-    return nearest_valid_sizes(size, depth=config.depth, padding=config.padding)[1]
+    return nearest_valid_sizes(
+        size, depth=config.depth, padding=config.padding, pooling=pooling
+    )[1]
 
 
-def covering_tile_size(config: UNetConfig, size: int, count: int) -> int:
-    """Return the smallest valid tile size with which `count` tiles cover an axis of `size`.
+def covering_tile_size(config: UNetConfig, size: int, count: int, *, axis: int = -1) -> int:
+    """Return the smallest valid tile size with which `count` tiles cover `axis` of `size`.
 
     Example:
         >>> covering_tile_size(UNetConfig(), 2048, 2)
@@ -215,21 +247,31 @@ def covering_tile_size(config: UNetConfig, size: int, count: int) -> int:
         >>> covering_tile_size(UNetConfig(), 100, 1)
         284
     """
-    margin = network_halo(depth=config.depth)
-    grid_step = 2**config.depth
-    tile = smallest_tile_size(config)
+    pooling = _axis_pooling(config, axis)
+    margin = network_halo(depth=config.depth, pooling=pooling)
+    grid_step = math.prod(pooling)
+    tile = smallest_tile_size(config, axis=axis)
     while True:
         used = tile - 2 * margin
         step = used // grid_step * grid_step
         if (count - 1) * step + used >= size:
             return tile
-        tile += grid_step  # consecutive valid sizes differ by 2**depth
+        tile += grid_step  # consecutive valid sizes differ by the grid step
 
 
 def whole_image_grid(config: UNetConfig, image_shape: Sequence[int]) -> TileGrid:
     """Return a one-tile grid: a single pass over the mirror-extended image."""
-    tile_shape = tuple(covering_tile_size(config, size, 1) for size in image_shape)
+    axes = _axes(config, image_shape)
+    tile_shape = tuple(
+        covering_tile_size(config, size, 1, axis=axis) for axis, size in zip(axes, image_shape)
+    )
     return make_tile_grid(config, image_shape, tile_shape)
+
+
+def _axes(config: UNetConfig, image_shape: Sequence[int]) -> range:
+    # anisotropic networks need (Z, Y, X); isotropic ones accept any axis count
+    pooling_per_axis(config, len(image_shape))
+    return range(-len(image_shape), 0)
 
 
 def choose_tile_shape(
@@ -244,12 +286,12 @@ def choose_tile_shape(
     per output pixel against 1.56 for one whole pass.
     """
     options_per_axis = []
-    for size in image_shape:
+    for axis, size in zip(_axes(config, image_shape), image_shape):
         options, count = [], 1
         while True:
-            tile = covering_tile_size(config, size, count)
+            tile = covering_tile_size(config, size, count, axis=axis)
             options.append((count, tile))
-            if tile == smallest_tile_size(config):
+            if tile == smallest_tile_size(config, axis=axis):
                 break
             count += 1
         options_per_axis.append(options)
@@ -263,7 +305,9 @@ def choose_tile_shape(
         if best is None or key < best:
             best = key
     if best is None:
-        smallest = (smallest_tile_size(config),) * len(image_shape)
+        smallest = tuple(
+            smallest_tile_size(config, axis=axis) for axis in _axes(config, image_shape)
+        )
         raise ValueError(
             f"memory budget allows tiles of at most {max_tile_pixels} pixels, but the "
             f"smallest tile {smallest} has {math.prod(smallest)}; raise the memory budget"

@@ -54,22 +54,30 @@ class ConvBlock(nn.Sequential):
 
 
 class BilinearUp(nn.Sequential):
-    """Bi/trilinear 2x up-sampling followed by a 1x1 convolution that halves the channels."""
+    """Bi/trilinear up-sampling (2x, or `scale` per axis) and a 1x1 conv halving the channels."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, ndim: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, ndim: int, scale: int | tuple[int, ...] = 2
+    ) -> None:
         mode = "bilinear" if ndim == 2 else "trilinear"
+        factor = float(scale) if isinstance(scale, int) else tuple(float(s) for s in scale)
         super().__init__(
-            nn.Upsample(scale_factor=2, mode=mode, align_corners=False),
+            nn.Upsample(scale_factor=factor, mode=mode, align_corners=False),
             CONV[ndim](in_channels, out_channels, kernel_size=1),
         )
 
 
-def _upconv(in_channels: int, out_channels: int, *, ndim: int) -> nn.Module:
-    return CONV_TRANSPOSE[ndim](in_channels, out_channels, kernel_size=2, stride=2)
+def _upconv(
+    in_channels: int, out_channels: int, *, ndim: int, scale: int | tuple[int, ...] = 2
+) -> nn.Module:
+    # kernel = stride = the pooling kernel: 2x2 (2x2x2, or (1, 2, 2) for anisotropic levels)
+    return CONV_TRANSPOSE[ndim](in_channels, out_channels, kernel_size=scale, stride=scale)
 
 
-def _bilinear(in_channels: int, out_channels: int, *, ndim: int) -> nn.Module:
-    return BilinearUp(in_channels, out_channels, ndim=ndim)
+def _bilinear(
+    in_channels: int, out_channels: int, *, ndim: int, scale: int | tuple[int, ...] = 2
+) -> nn.Module:
+    return BilinearUp(in_channels, out_channels, ndim=ndim, scale=scale)
 
 
 UPSAMPLING = {"upconv": _upconv, "bilinear": _bilinear}
@@ -89,7 +97,11 @@ def center_crop(tensor: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.T
 
 
 class Up(nn.Module):
-    """Up-sample, crop-and-concatenate the skip connection, then a ConvBlock."""
+    """Up-sample, crop-and-concatenate the skip connection, then a ConvBlock.
+
+    `scale` is the pooling kernel of the level it undoes: 2, or per axis such as
+    (1, 2, 2) at an anisotropic level of a 3-D U-Net.
+    """
 
     def __init__(
         self,
@@ -100,9 +112,10 @@ class Up(nn.Module):
         padding: str,
         norm: str | None,
         upsampling: str,
+        scale: int | tuple[int, ...] = 2,
     ) -> None:
         super().__init__()
-        self.up = UPSAMPLING[upsampling](in_channels, out_channels, ndim=ndim)
+        self.up = UPSAMPLING[upsampling](in_channels, out_channels, ndim=ndim, scale=scale)
         self.conv = ConvBlock(2 * out_channels, out_channels, ndim=ndim, padding=padding, norm=norm)
 
     def forward(self, features: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

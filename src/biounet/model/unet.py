@@ -1,4 +1,4 @@
-"""The U-Net of Ronneberger et al. 2015 (Fig. 1), 2-D or 3-D, built from a UNetConfig."""
+"""The U-Net of Ronneberger et al. 2015 (Fig. 1); 3-D as in Cicek et al. 2016; from a config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from biounet.config import UNetConfig
-from biounet.geometry import output_shape
+from biounet.geometry import config_output_shape, pooling_per_level
 from biounet.model.blocks import CONV, DROPOUT, MAX_POOL, ConvBlock, Up, he_initialize
 
 
@@ -17,7 +17,9 @@ class UNet(nn.Module):
     31,030,658 parameters, 572x572 input -> 388x388 output, He initialisation and
     drop-out at the end of the contracting path (Sec. 3.1). `forward` returns
     unnormalised class scores (B, n_classes, ...); the pixel-wise softmax of eq. 1 is
-    applied by the loss and by prediction.
+    applied by the loss and by prediction. With ndim=3 it is the 3-D U-Net of Cicek et
+    al. 2016 (3x3x3 convolutions, 2x2x2 max-pooling and up-convolution); levels with
+    `pool_z[level]` False pool and up-convolve (1, 2, 2) instead, for anisotropic stacks.
 
     Example:
         >>> model = UNet(UNetConfig(depth=2, base_channels=4))
@@ -35,7 +37,10 @@ class UNet(nn.Module):
         for width in widths:
             self.encoder.append(ConvBlock(channels, width, ndim=ndim, padding=padding, norm=norm))
             channels = width
-        self.pool = MAX_POOL[ndim](kernel_size=2, stride=2)
+        kernels = [_kernel(factors) for factors in pooling_per_level(config)]
+        self.pools = nn.ModuleList(
+            MAX_POOL[ndim](kernel_size=kernel, stride=kernel) for kernel in kernels
+        )
         self.dropout = DROPOUT[ndim](p=config.dropout) if config.dropout > 0 else nn.Identity()
         self.decoder = nn.ModuleList(
             Up(
@@ -45,6 +50,7 @@ class UNet(nn.Module):
                 padding=padding,
                 norm=norm,
                 upsampling=config.upsampling,
+                scale=kernels[level],
             )
             for level in reversed(range(config.depth))
         )
@@ -58,7 +64,7 @@ class UNet(nn.Module):
         features = image
         for level, block in enumerate(self.encoder):
             if level > 0:
-                features = self.pool(features)
+                features = self.pools[level - 1](features)
             features = block(features)
             skips.append(features)
         features = self.dropout(skips.pop())
@@ -77,9 +83,14 @@ class UNet(nn.Module):
             raise ValueError(
                 f"image has {image.shape[1]} channels; the network expects {config.in_channels}"
             )
-        output_shape(tuple(image.shape[2:]), depth=config.depth, padding=config.padding)
+        config_output_shape(config, tuple(image.shape[2:]))
 
     @property
     def n_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
+
+
+def _kernel(factors: tuple[int, ...]) -> int | tuple[int, ...]:
+    # an int where isotropic, so the paper's network is built exactly as before
+    return 2 if all(factor == 2 for factor in factors) else factors
