@@ -106,6 +106,22 @@ def read_image(path: str | os.PathLike, *, name: str = "image") -> np.ndarray:
     return array
 
 
+def read_tiff_shape(path: str | os.PathLike, *, name: str = "image") -> tuple[tuple, np.dtype]:
+    """Return the (shape, dtype) that `read_image` gives for a TIFF, reading only its header.
+
+    Raises:
+        ValueError: if the file cannot be read as TIFF.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as handle:
+            series = handle.series[0]  # what tifffile.imread returns by default
+            return tuple(series.shape), np.dtype(series.dtype)
+    except Exception as error:  # tifffile raises many types for corrupt files
+        raise ValueError(f"{name} {path} cannot be read as TIFF: {_first_line(error)}") from None
+
+
 def check_image_dtype(array: np.ndarray, *, name: str = "image") -> None:
     """Raise ValueError unless `array` has a real numeric (or bool) dtype."""
     kind = array.dtype.kind

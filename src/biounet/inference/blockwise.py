@@ -113,13 +113,15 @@ def predict_blockwise(
         _check_source(opened.array, config)
         spatial_shape = tuple(int(size) for size in opened.array.shape[-config.ndim :])
         grid = plan_tiles(config, spatial_shape, tile_shape=tile_shape, memory_budget=memory_budget)
-        output, blocks = _open_target(
-            target, (config.n_classes, *spatial_shape), grid, block_shape, resume=resume
-        )
+        _check_normalization(normalization, np.dtype(opened.array.dtype))
+        # Every check that needs no target comes first, so bad input leaves no target behind.
         executor = _make_executor(scheduler)
         try:
             if executor.is_distributed:
-                _check_shareable(opened, output)
+                _check_shareable(opened, target)
+            output, blocks = _open_target(
+                target, (config.n_classes, *spatial_shape), grid, block_shape, resume=resume
+            )
             tiles = _tiles_per_block(grid, blocks)
             spec = _ModelSpec.from_model(model)
             signature = _signature(spec, grid, blocks, normalization)
@@ -205,8 +207,9 @@ def _open_source(source) -> _OpenedSource:
             node = zarr.open(str(path), mode="r")
     except Exception as error:  # zarr and tifffile raise many types for unreadable input
         opened.close()
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"source {path} cannot be opened as zarr or TIFF: {first_line}") from None
+        raise ValueError(
+            f"source {path} cannot be opened as zarr or TIFF: {_first_line(error)}"
+        ) from None
     if isinstance(node, zarr.Group):
         return _multiscale_level_zero(node, opened, name=f"source {path}")
     opened.array = node
@@ -301,7 +304,8 @@ def _open_target(target, shape, grid: TileGrid, block_shape, *, resume: bool):
             if any(chunk % step for chunk, step in zip(chunks, grid.step)):
                 raise ValueError(
                     f"target {path} holds blocks {chunks} of another prediction, not whole "
-                    f"numbers of the tile step {grid.step}; pass resume=False to start over"
+                    f"numbers of the tile step {grid.step}; pass resume=False (biounet predict "
+                    "--overwrite) to start over"
                 )
             return existing, _blocks_of_chunks(existing, grid, block_shape)
     blocks = _round_block_shape(grid, block_shape)
@@ -414,7 +418,8 @@ class _Record:
             differing = sorted(key for key in signature if old.get(key) != signature[key])
             raise ValueError(
                 f"target holds blocks of another prediction (differing in {differing}); pass "
-                "resume=False to start over, or choose another target"
+                "resume=False (biounet predict --overwrite) to start over, or choose another "
+                "target"
             )
         self.done: set[int] = set(stored["done"]) if stored is not None else set()
         self.flush()
@@ -661,20 +666,41 @@ def _make_executor(scheduler):
             ) from None
         if is_client:
             return _DistributedExecutor(scheduler, owns_client=False)
-        return _DistributedExecutor(distributed.Client(scheduler), owns_client=True)
+        return _DistributedExecutor(_connect(distributed, scheduler), owns_client=True)
     raise ValueError(
         "scheduler must be None, 'threads', 'synchronous', a dask.distributed Client or a "
         f"scheduler address such as 'tcp://127.0.0.1:8786', got {scheduler!r}"
     )
 
 
-def _check_shareable(opened: _OpenedSource, output) -> None:
+def _connect(distributed, address: str):
+    """Return a Client of the scheduler at `address`, or say in one line why there is none."""
+    try:
+        # waits up to the dask config's distributed.comm.timeouts.connect (30 s by default)
+        return distributed.Client(address)
+    except ValueError as error:  # unknown scheme, port that is not a number, ...
+        raise ValueError(
+            f"scheduler {address!r} is not a valid address ({_first_line(error)}); expected "
+            "such as 'tcp://127.0.0.1:8786'"
+        ) from None
+    except OSError as error:  # refused, unknown host or timed out
+        raise ConnectionError(
+            f"scheduler {address} cannot be reached ({_first_line(error)}); start one with "
+            f"`dask scheduler` and workers with `dask worker {address}`, or check the address"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _check_shareable(opened: _OpenedSource, target) -> None:
     """Refuse arrays that worker processes cannot reach."""
     import pickle
 
     from zarr.storage import MemoryStore
 
-    if isinstance(output.store, MemoryStore):
+    if isinstance(getattr(target, "store", None), MemoryStore):
         raise ValueError(
             "target is a zarr array in memory, which distributed workers cannot write to; "
             "pass a path"
@@ -688,24 +714,29 @@ def _check_shareable(opened: _OpenedSource, output) -> None:
             ) from None
 
 
-def _make_normalizer(normalization: Normalization, opened, grid, blocks, executor):
-    """Return a per-window function applying `normalization` with whole-image statistics."""
+def _check_normalization(normalization: Normalization, dtype: np.dtype) -> None:
     if normalization is None or callable(normalization):
-        return normalization
+        return
     if normalization not in NORMALIZATIONS:
         raise ValueError(
             f"normalization must be None, one of {list(NORMALIZATIONS)} or a function, got "
             f"{normalization!r}"
         )
-    dtype = np.dtype(opened.array.dtype)
     if normalization == "percentile" and not (
         dtype.kind == "b" or (dtype.kind in "iu" and dtype.itemsize <= 2)
     ):
         raise ValueError(
             f"normalization='percentile' is exact only for integer sources of up to 16 bits, "
-            f"got dtype {dtype}; normalise the source beforehand or pass a function"
+            f"got dtype {dtype}; use 'zscore' (biounet predict --normalization zscore), "
+            "normalise the source beforehand or pass a function"
         )
 
+
+def _make_normalizer(normalization: Normalization, opened, grid, blocks, executor):
+    """Return a per-window function applying `normalization` with whole-image statistics."""
+    if normalization is None or callable(normalization):
+        return normalization
+    dtype = np.dtype(opened.array.dtype)
     regions = [
         tuple(slice(i * size, (i + 1) * size) for i, size in zip(index, blocks))
         for index in itertools.product(
