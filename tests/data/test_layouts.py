@@ -182,6 +182,30 @@ def test_stack_folder_gives_one_sample_per_page(tmp_path, rng):
     np.testing.assert_array_equal(by_file[-1].labels, dataset[2].labels)
 
 
+def test_stack_as_one_volume_for_3d_networks(tmp_path, rng):
+    volume = rng.integers(0, 256, size=(4, 24, 32), dtype=np.uint8)
+    labels = np.zeros((4, 24, 32), dtype=np.uint8)
+    labels[0:3, 2:8, 3:9] = 255  # one cell through three slices
+    labels[1:4, 12:20, 15:25] = 255  # and another
+    save(tmp_path / "train-volume.tif", volume)
+    save(tmp_path / "train-labels.tif", labels)
+    for dataset in (
+        open_dataset(tmp_path, volume=True),
+        open_dataset(tmp_path / "train-volume.tif", labels_path=tmp_path / "train-labels.tif",
+                     volume=True),
+    ):
+        assert dataset.layout == "stack" and dataset.names == ("train-volume",)
+        (sample,) = list(dataset)
+        np.testing.assert_array_equal(sample.image, volume)
+        assert sample.labels.shape == (4, 24, 32) and sample.labels.dtype == np.int32
+        # binary labels become 3-D face-connected components, not per-slice ones
+        assert sorted(np.unique(sample.labels).tolist()) == [0, 1, 2]
+        assert np.array_equal(sample.labels > 0, labels > 0)
+    save(tmp_path / "train-labels.tif", labels[:, :, :30])
+    with pytest.raises(ValueError, match=r"train-labels\.tif have shape \(4, 24, 30\)"):
+        open_dataset(tmp_path, volume=True)[0]
+
+
 def test_stack_errors(tmp_path):
     save(tmp_path / "a-volume.tif", np.zeros((3, 8, 8), np.uint8))
     save(tmp_path / "a-labels.tif", np.ones((2, 8, 8), np.uint8))

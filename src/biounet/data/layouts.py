@@ -7,7 +7,9 @@ folder holds; zarr arrays are not supported yet, issue #3):
   matched by file stem; ISBI 2012 ``train/`` is of this kind.
 - ``"stack"``: one multi-page image TIFF and one label TIFF, a sample per page; either a
   folder with ``<name>-volume.tif`` + ``<name>-labels.tif`` (ISBI 2012 originals) or
-  `path` = the image stack with `labels_path` = the label stack.
+  `path` = the image stack with `labels_path` = the label stack. With ``volume=True``
+  the pair is one (Z, Y, X) sample instead, named after the image file's stem, for a
+  3-D U-Net (Cicek et al. 2016).
 - ``"dsb"``: Data Science Bowl 2018, one binary mask per nucleus; ``images/<id>.png`` +
   ``labels/<id>/*.png`` (or ``masks/<id>/``), or Kaggle's ``<id>/images/<id>.png`` +
   ``<id>/masks/*.png``. Mask k in sorted file-name order gets instance id k (from 1);
@@ -19,9 +21,10 @@ folder holds; zarr arrays are not supported yet, issue #3):
 
 A sample's image is returned as stored (dtype and colour samples last, (Y, X) or
 (Y, X, S); see `biounet.data.normalize.to_float_image`), its labels as (Y, X) int32
-(volumes (Z, Y, X) work alike). Labels are converted by `convert_labels`. Files are read
-when a sample is indexed, not at opening (except stacks, whose length is their page
-count), so shape and label errors surface then; `list(dataset)` checks them all.
+(volumes (Z, Y, X) work alike: a (Z, Y, X) TIFF of the pairs layout is one volume).
+Labels are converted by `convert_labels`. Files are read when a sample is indexed, not
+at opening (except stacks, whose length is their page count), so shape and label
+errors surface then; `list(dataset)` checks them all.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ _LAYOUT_HELP = (
 
 @dataclass(frozen=True, eq=False)
 class Sample:
-    """One annotated image: `image` as stored, `labels` (Y, X) int32 ids, 0 = background."""
+    """One annotated image: `image` as stored, `labels` (Y, X) or (Z, Y, X) int32 ids (0: none)."""
 
     name: str
     image: np.ndarray
@@ -115,6 +118,7 @@ def open_dataset(
     labels_path: str | os.PathLike | None = None,
     label_kind: str = "auto",
     allow_empty: bool = False,
+    volume: bool = False,
 ) -> SampleList:
     """Find the annotated samples under `path` and return them as a lazy `SampleList`.
 
@@ -125,6 +129,8 @@ def open_dataset(
         label_kind: how label files are read, see `convert_labels`; DSB masks are
             always instances, so ``"dsb"`` accepts only ``"auto"`` and ``"instance"``.
         allow_empty: keep samples without any foreground pixel instead of raising.
+        volume: read a stack pair as one (Z, Y, X) sample rather than one per page
+            (for 3-D networks); other layouts read every file as stored anyway.
 
     Raises:
         FileNotFoundError: if `path` does not exist.
@@ -145,7 +151,7 @@ def open_dataset(
                          "instances; use 'auto' or 'instance'")
     rules = _LabelRules(label_kind, allow_empty)
     if layout == "stack":
-        names, loaders = _stack_samples(path, labels_path, rules)
+        names, loaders = _stack_samples(path, labels_path, rules, volume=volume)
     else:
         found = {"pairs": _find_pairs, "dsb": _find_dsb, "ctc": _find_ctc}[layout](path)
         load = _load_dsb if layout == "dsb" else _load_pair
@@ -372,8 +378,8 @@ def _stack_prefixes(folder: Path) -> list[str]:
                    and any(f"{match.group(1)}-labels{ext}" in names for ext in (".tif", ".tiff"))})
 
 
-def _stack_samples(path: Path, labels_path: str | os.PathLike | None, rules: _LabelRules
-                   ) -> tuple[list[str], list[Callable[[], Sample]]]:
+def _stack_samples(path: Path, labels_path: str | os.PathLike | None, rules: _LabelRules, *,
+                   volume: bool = False) -> tuple[list[str], list[Callable[[], Sample]]]:
     if path.is_dir():
         prefixes = _stack_prefixes(path)
         if len(prefixes) != 1:
@@ -390,6 +396,10 @@ def _stack_samples(path: Path, labels_path: str | os.PathLike | None, rules: _La
     if len(images) != len(labels):
         raise ValueError(f"label stack {labels_path} has shape {labels.shape} but image stack "
                          f"{path} has shape {images.shape}; page counts differ")
+    if volume:  # one (Z, Y, X) sample; _finish checks the shapes when it is read
+        sources = (str(path), str(labels_path))
+        name = Path(path).stem
+        return [name], [functools.partial(_finish, name, images, labels, sources, rules)]
     width = max(2, len(str(len(images) - 1)))
     names = [f"{page:0{width}d}" for page in range(len(images))]
     sources = (str(path), str(labels_path))
