@@ -382,10 +382,6 @@ NEGATIVE_LABELS[10:20, 10:20] = 3
 FLOAT_LABELS = np.zeros((64, 64), np.float32)
 FLOAT_LABELS[10:20, 10:20] = 0.5
 NON_UTF8 = os.fsdecode(b"caf\xe9.tif")  # a Latin-1 file name; surrogate-escaped in str
-SURROGATE_BUG = (
-    "cli/__init__.py main prints the path's surrogate escape (\\udce9) as it is; on a strict "
-    "UTF-8 stderr (pytest capsys, notebook streams) print raises UnicodeEncodeError, a traceback"
-)
 IMAGE_CASES = [
     # predict: the IMAGE arguments
     case("predict/missing image", lambda w: w.predict(str(w.root / "missing.tif")),
@@ -431,10 +427,10 @@ IMAGE_CASES = [
          lambda w: w.predict(w.image("a.tif"), w.png("a.png", np.zeros((50, 50), np.uint8))),
          r"IMAGE \S*a\.png and \S*a\.tif share the name 'a'"),
     case("predict/non-UTF-8 name, missing", lambda w: w.predict(str(w.root / NON_UTF8)),
-         r"IMAGE \S*caf.+\.tif does not exist", bug=SURROGATE_BUG),
+         r"IMAGE \S*caf.+\.tif does not exist"),
     case("predict/non-UTF-8 name, not an image",
          lambda w: w.predict(w.write(NON_UTF8, b"plain text\n")),
-         r"IMAGE \S*caf.+\.tif cannot be read as TIFF", bug=SURROGATE_BUG),
+         r"IMAGE \S*caf.+\.tif cannot be read as TIFF"),
 ]
 MODEL_CASES = [
     case("predict/missing model", lambda w: w.predict(w.image(), model=str(w.root / "no.safetensors")),
@@ -496,9 +492,7 @@ OUTPUT_CASES = [
          r"--out \S*out\.tif exists and is not a folder"),
     case("predict/--out below a file",
          lambda w: w.predict(w.image(), out=w.file_in_the_way() / "out"),
-         r"(--out|output folder) \S*a-file\S* .*(file|not a folder|not a directory)",
-         bug="cli/predict.py run: an --out whose parent is a file fails on mkdir with the bare "
-             "'[Errno 20] Not a directory', naming neither --out nor what was expected"),
+         r"(--out|output folder) \S*a-file\S* .*(file|not a folder|not a directory)"),
     case("predict/unwritable --out",
          lambda w: w.predict(w.image(), out=w.unwritable_folder()),
          r"output folder \S*locked is not writable",
@@ -598,9 +592,7 @@ TRAIN_CASES = [
     case("train/--resume without a run", lambda w: w.train("--resume"),
          r"--resume: \S*out holds no config\.json and checkpoint\.safetensors"),
     case("train/--out below a file", lambda w: w.train(out=w.file_in_the_way() / "run"),
-         r"--out \S*a-file\S* .*(file|not a folder|not a directory)",
-         bug="cli/train.py run / Trainer.fit: a run folder below a file fails on mkdir with the "
-             "bare '[Errno 20] Not a directory', naming neither --out nor what was expected"),
+         r"--out \S*a-file\S* .*(file|not a folder|not a directory)"),
 ]
 EVALUATE_CASES = [
     case("evaluate/missing --pred", lambda w: w.evaluate(pred=str(w.root / "nope")),
@@ -632,9 +624,7 @@ EVALUATE_CASES = [
          r"metrics must be 'all' or a comma-separated subset of \['isbi', 'ctc', 'instance'\], got \['dice'\]"),
     case("evaluate/--out already holds a file",
          lambda w: w.evaluate("--out", w.write("report.json", b"{}")),
-         r"\S*report\.json already exists; pass --overwrite",
-         bug="cli/evaluate.py _write: --out and --csv silently replace an existing file "
-             "(predict refuses without --overwrite; evaluate has no such flag)"),
+         r"\S*report\.json already exists; pass --overwrite"),
 ]
 FETCH_CASES = [
     case("data fetch/archive with ../ member",
@@ -657,9 +647,7 @@ FETCH_CASES = [
          rf"127\.0\.0\.1:\d+ answered HTTP 404 .*\({DATASET}\)"),
     case("data fetch/--dir below a file",
          lambda w: w.fetch(make_zip(FRAME), directory=w.file_in_the_way() / "root"),
-         r"--dir \S*a-file\S* .*(file|not a folder|not a directory)",
-         bug="datasets/fetch.py _download: a --dir below a file fails on mkdir with the bare "
-             "'[Errno 20] Not a directory', naming neither --dir nor what was expected"),
+         r"--dir \S*a-file\S* .*(file|not a folder|not a directory)"),
 ]
 NOT_REGISTERED = None if HAS_EXPORT else "`export` is not in biounet.cli.COMMANDS yet"
 EXPORT_CASES = [
@@ -682,14 +670,10 @@ EXPORT_CASES = [
          r"tile_shape \(61, 60\): 61 is not a valid input size .*nearest valid sizes are 60 and 64",
          skip=NOT_REGISTERED),
     case("export/zero tile", lambda w: w.export("--tile-shape", "0", "0"),
-         r"tile_shape \(0, 0\)(?!.*None).*(positive|44 \(the minimum\))", skip=NOT_REGISTERED,
-         bug="export/torchscript.py check_tile_shape: for a size below the minimum the message "
-             "reads 'nearest valid sizes are None and 44'"),
+         r"tile_shape \(0, 0\)(?!.*None).*(positive|44 \(the minimum\))", skip=NOT_REGISTERED),
     case("export/--out below a file", lambda w: w.export(out=w.file_in_the_way() / "model.pt"),
          r"(--out|output folder) \S*a-file\S* .*(file|not a folder|not a directory)",
-         skip=NOT_REGISTERED,
-         bug="export/torchscript.py export_torchscript (atomic_path): an --out below a file fails "
-             "on mkdir, after tracing, with the bare '[Errno 17] File exists: .../a-file'"),
+         skip=NOT_REGISTERED),
 ]
 CLI_CASES = [*IMAGE_CASES, *MODEL_CASES, *TILING_CASES, *OUTPUT_CASES, *TRAIN_CASES,
              *EVALUATE_CASES, *FETCH_CASES, *EXPORT_CASES]
@@ -737,9 +721,6 @@ def test_cli_refuses_bad_input(build, message, workspace, capsys):
     assert not list(workspace.root.parent.rglob("escaped*")), "an archive member escaped"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: data/io.py _read_tiff: tifffile logs ERROR/WARNING records about the damaged file; "
-    "main's logging setup prints them to stderr, above the one error line"))
 @pytest.mark.parametrize("damage", ["truncated", "header"])
 def test_no_third_party_log_lines_for_a_damaged_tiff(damage, workspace, capsys, caplog):
     data = bytearray(tifffile_bytes(np.arange(480, dtype=np.uint8).reshape(24, 20)))

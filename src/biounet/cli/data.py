@@ -23,8 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biounet.data.io import check_output_path
     from biounet.datasets.fetch import fetch
 
+    if args.dir is not None:
+        check_output_path(args.dir, name="--dir", is_folder=True)
     folder = fetch(
         args.name,
         directory=args.dir,

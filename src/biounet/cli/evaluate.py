@@ -4,7 +4,7 @@
 ground-truth image NAME, --pred must hold NAME.tif/.png, NAME_probability.tif (from
 biounet predict), NAME_labels.tif or NAME_mask.tif. Float files are probability maps,
 integer files label images. Prints a table per image and overall; --out writes JSON
-and --csv the per-image rows.
+and --csv the per-image rows; an existing file is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", default="auto", help="ground-truth layout (default: auto)")
     parser.add_argument("--out", help="write the report as JSON here")
     parser.add_argument("--csv", help="write the per-image table as CSV here")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --out/--csv")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from biounet.evaluation import evaluate, parse_metric_groups
 
     groups = parse_metric_groups(args.metrics)
+    outputs = [_check_output(flag, value, args.overwrite)
+               for flag, value in (("--out", args.out), ("--csv", args.csv)) if value]
     pred_folder = Path(args.pred)
     if not pred_folder.is_dir():
         raise FileNotFoundError(f"--pred {pred_folder} is not an existing folder")
@@ -56,11 +59,23 @@ def run(args: argparse.Namespace) -> int:
 
     report = evaluate(list(triples()), metrics=groups)
     print(format_table(report))
-    if args.out:
-        _write(Path(args.out), json.dumps(report.to_dict(), indent=2, default=_json_value))
-    if args.csv:
-        _write(Path(args.csv), _csv_text(report.rows))
+    for flag, path in outputs:
+        if flag == "--out":
+            text = json.dumps(report.to_dict(), indent=2, default=_json_value)
+        else:
+            text = _csv_text(report.rows)
+        _write(path, text, overwrite=args.overwrite)
     return 0
+
+
+def _check_output(flag: str, value: str, overwrite: bool) -> tuple[str, Path]:
+    """Refuse an output file that exists (unless `overwrite`) or cannot be written."""
+    from biounet.data.io import check_output_path
+
+    path = check_output_path(value, name=flag)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{flag} {path} already exists; pass --overwrite to replace it")
+    return flag, path
 
 
 def _find_prediction(folder: Path, name: str) -> Path | None:
@@ -108,8 +123,8 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str, *, overwrite: bool) -> None:
     from biounet.data.io import atomic_path
 
-    with atomic_path(path) as temporary:
+    with atomic_path(path, overwrite=overwrite) as temporary:
         temporary.write_text(text)

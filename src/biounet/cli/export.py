@@ -55,11 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biounet.data.io import check_output_path
     from biounet.weightfile import load_model
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a folder; expected a file name")
+    out = check_output_path(args.out, name="--out")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"output {out} already exists; pass --overwrite to replace it")
     model = load_model(args.model)

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from biounet.data.io import check_input_file
+    from biounet.data.io import check_input_file, check_output_path
     from biounet.weightfile import load_model
 
     if args.batch_size is not None and args.batch_size < 1:
@@ -60,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--memory-budget must be positive (GB), got {args.memory_budget}")
     paths = [check_input_file(path, name="IMAGE") for path in args.images]
     _check_unique_stems(paths)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    out = check_output_path(args.out, name="--out", is_folder=True)
     if not args.overwrite:
         for path in paths:
             for target in _targets(out, path, args.save_probabilities):

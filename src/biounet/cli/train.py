@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from biounet.data.io import check_output_path
     from biounet.training.distributed import init_from_environment
     from biounet.training.presets import preset, replace_train
     from biounet.training.trainer import CHECKPOINT
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _launch_torchrun(args.nproc)
     rank, _ = init_from_environment()
-    out = Path(args.out)
+    out = check_output_path(args.out, name="--out", is_folder=True)
     if args.resume:
         if not (out / "config.json").is_file() or not (out / CHECKPOINT).is_file():
             raise FileNotFoundError(f"--resume: {out} holds no config.json and {CHECKPOINT}")

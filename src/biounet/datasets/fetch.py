@@ -39,6 +39,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from biounet.data.io import make_folder
 from biounet.datasets.registry import PREPARE, DataSet, get_dataset
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def fetch(
     if destination.exists() and not force:
         logger.info("%s is already installed in %s", entry.name, destination)
         return destination
+    make_folder(root, name="directory")
     url = entry.url if base_url is None else f"{base_url.rstrip('/')}/{entry.filename}"
     archive = root / "downloads" / entry.filename
     digest = _download(url, archive, sha256=entry.sha256, progress=progress,

@@ -88,9 +88,10 @@ def check_tile_shape(config: UNetConfig, tile_shape: Sequence[int]) -> tuple[int
     for size in shape:
         if not is_valid_input_size(size, depth=config.depth, padding=config.padding):
             below, above = nearest_valid_sizes(size, depth=config.depth, padding=config.padding)
+            nearest = f"{below} and {above}" if below is not None else f"{above} (the minimum)"
             raise ValueError(
                 f"tile_shape {shape}: {size} is not a valid input size of this network; "
-                f"nearest valid sizes are {below} and {above}"
+                f"nearest valid sizes are {nearest}"
             )
     return shape
 

@@ -23,7 +23,7 @@ import torch
 from biounet.augment.pipeline import AugmentConfig
 from biounet.config import TrainConfig, UNetConfig
 from biounet.data.dataset import TileDataset, TrainingImage
-from biounet.data.io import atomic_path
+from biounet.data.io import atomic_path, make_folder
 from biounet.inference.predict import predict_tiled
 from biounet.losses import weighted_cross_entropy
 from biounet.model.unet import UNet
@@ -135,7 +135,7 @@ class Trainer:
         self.rank, self.world = distributed.rank_and_world()
         is_main = self.rank == 0
         if is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.run_dir, name="run_dir")
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = model = UNet(self.model_config)
         torch.manual_seed(config.seed + 1 + self.rank)  # own drop-out masks per rank
