@@ -126,3 +126,10 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert target.read_bytes() == b"keep"
     export_torchscript(make_unet(), target, overwrite=True)
     assert torch.jit.load(str(target)) is not None
+
+
+def test_anisotropic_networks_are_refused_until_the_formats_describe_them(tmp_path):
+    model = make_unet(ndim=3, base_channels=2, pool_z=(False, True))
+    with pytest.raises(ValueError, match="pool_z \\(False, True\\).*cannot be exported yet"):
+        export_torchscript(model, tmp_path / "unet.pt")
+    assert not (tmp_path / "unet.pt").exists()

@@ -39,6 +39,7 @@ from biounet.config import UNetConfig
 from biounet.data.io import atomic_path, check_input_file, write_png, write_tiff
 from biounet.export.onnx import DEFAULT_OPSET, onnx_bytes, require
 from biounet.export.torchscript import (
+    check_exportable,
     check_inputs,
     check_tile_shape,
     frozen_copy,
@@ -179,6 +180,7 @@ def export_bioimageio(
     info = info if info is not None else PackageInfo()
     _check_license(info.license)  # before the exports, which take seconds
     config: UNetConfig = model.config  # type: ignore[assignment]
+    check_exportable(config)
     test_input = make_test_input(
         config, test_image=test_image, tile_shape=tile_shape, normalization=info.normalization
     )

@@ -52,6 +52,21 @@ def trace_shape(config: UNetConfig) -> tuple[int, ...]:
     return tuple(smallest + step * (2 + axis) for axis in range(config.ndim))
 
 
+def check_exportable(config: UNetConfig) -> None:
+    """Refuse networks whose geometry the export formats do not describe yet.
+
+    Raises:
+        ValueError: for an anisotropic 3-D network (`pool_z`): the exports state one
+            size step and minimum for all axes.
+    """
+    if config.pool_z is not None:
+        # TODO(#8): per-axis size steps in the ONNX dims and bioimage.io axes
+        raise ValueError(
+            f"networks with pool_z {config.pool_z} (anisotropic pooling) cannot be exported "
+            "yet; use the weight file with biounet predict"
+        )
+
+
 def check_inputs(config: UNetConfig, tile_shape: Sequence[int] | None = None) -> list[np.ndarray]:
     """Return the seeded random batches an export is checked on, float32 (B, C, *spatial).
 
@@ -59,8 +74,10 @@ def check_inputs(config: UNetConfig, tile_shape: Sequence[int] | None = None) ->
     of `tile_shape`, or of one step less/more than the trace per axis) must agree too.
 
     Raises:
-        ValueError: if `tile_shape` is not a valid input shape of the network.
+        ValueError: if `tile_shape` is not a valid input shape of the network, or the
+            network cannot be exported (`check_exportable`).
     """
+    check_exportable(config)
     traced = trace_shape(config)
     if tile_shape is None:
         step = 2**config.depth
