@@ -479,9 +479,7 @@ TILING_CASES = [
          r"--memory-budget must be positive \(GB\), got 0"),
     case("predict/memory budget below one tile",
          lambda w: w.predict(w.image(), extra=("--memory-budget", "1e-9")),
-         r"memory.budget.*\d\s*(bytes|[kKMG]i?B)\b",
-         bug="inference/tiling.py choose_tile_shape: the refusal gives pixel counts only, not "
-             "the bytes the smallest tile needs, so the user cannot tell what budget would do"),
+         r"memory.budget.*\d\s*(bytes|[kKMG]i?B)\b"),
 ]
 OUTPUT_CASES = [
     case("predict/output already exists",
@@ -833,8 +831,7 @@ API_CASES = [
     api("predict_tiled/negative budget", lambda w: predict(memory_budget=-1), ValueError,
         r"memory_budget must be positive, got -1"),
     api("predict_tiled/budget below one tile", lambda w: predict(memory_budget=1000), ValueError,
-        r"memory.budget.*\d\s*(bytes|[kKMG]i?B)\b",
-        bug="inference/tiling.py choose_tile_shape: no byte estimate for the smallest tile"),
+        r"memory.budget.*\d\s*(bytes|[kKMG]i?B)\b"),
     api("make_tile_grid/axes", lambda w: make_tile_grid(TINY_MODEL, (50, 50, 50), (60, 60)),
         ValueError, r"tile_shape \(60, 60\) must have 3 axes like the image \(50, 50, 50\)"),
     api("output_shape/invalid size", lambda w: output_shape((500, 572)), ValueError,
@@ -916,10 +913,6 @@ def address_space_headroom(extra_bytes: int):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-@pytest.mark.xfail(strict=True, raises=MemoryError, reason=(
-    "BUG: inference/predict.py predict_tiled: an image larger than memory fails with numpy's "
-    "MemoryError deep inside (np.isfinite, np.empty), not an upfront ValueError giving the "
-    "bytes needed and pointing to predict_blockwise"))
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and RLIMIT_AS")
 def test_image_larger_than_memory_is_refused_upfront():
     image = np.broadcast_to(np.float32(0.5), (100_000, 100_000))  # 40 GB, none of it allocated

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from biounet.inference.tiling import (
     Tile,
     TileGrid,
     choose_tile_shape,
+    format_bytes,
     make_tile_grid,
     read_window,
     whole_image_grid,
@@ -67,7 +69,10 @@ def plan_tiles(
             raise ValueError(f"memory_budget must be positive, got {memory_budget}")
         per_pixel = estimate_tile_bytes(config, (1,) * config.ndim)
         chosen = choose_tile_shape(
-            config, spatial_shape, max_tile_pixels=int(memory_budget // per_pixel)
+            config,
+            spatial_shape,
+            max_tile_pixels=int(memory_budget // per_pixel),
+            bytes_per_pixel=per_pixel,
         )
         return make_tile_grid(config, spatial_shape, chosen)
     return make_tile_grid(config, spatial_shape, tuple(tile_shape))
@@ -83,6 +88,11 @@ def as_network_input(image, config: UNetConfig, *, name: str = "image") -> np.nd
         ValueError: for a wrong number of axes or channels, an empty image or
             non-finite pixels.
     """
+    return _finite_float32(_with_channel_axis(image, config, name=name), name=name)
+
+
+def _with_channel_axis(image, config: UNetConfig, *, name: str) -> np.ndarray:
+    """Check dtype, axes and channels of `image`; return it as (C, *spatial), uncopied."""
     array = np.asarray(image)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real-valued array, got dtype {array.dtype}")
@@ -102,10 +112,97 @@ def as_network_input(image, config: UNetConfig, *, name: str = "image") -> np.nd
         )
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape})")
+    return array
+
+
+def _finite_float32(array: np.ndarray, *, name: str) -> np.ndarray:
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinite pixels")
     return array
+
+
+def check_fits_in_memory(array: np.ndarray, config: UNetConfig, *, name: str = "image") -> None:
+    """Refuse an image whose in-memory prediction needs more memory than is available.
+
+    Counted are the float32 probabilities of every class, the float32 copy of a
+    non-float32 image and the mask of the finiteness check; the tiles' activations
+    come on top (`memory_budget`). Available is what the system has free (Linux
+    MemAvailable), capped by a container's memory limit and the process's address
+    space limit (ulimit -v); where none of these can be read, nothing is refused.
+
+    Raises:
+        ValueError: giving the bytes needed and pointing to block-wise prediction.
+    """
+    n_pixels = math.prod(array.shape[1:])
+    needed = 4 * config.n_classes * n_pixels + array.size
+    if array.dtype != np.float32:
+        needed += 4 * array.size
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise ValueError(_too_large_message(array.shape, needed, available, name=name))
+
+
+def _too_large_message(shape, needed: int, available: int | None, *, name: str) -> str:
+    free = "" if available is None else f", more than the {format_bytes(available)} available"
+    return (
+        f"{name} of shape {tuple(shape)} needs about {format_bytes(needed)} for in-memory "
+        f"prediction{free}; predict it block by block with "
+        "biounet.inference.blockwise.predict_blockwise (command line: biounet predict with "
+        "--out NAME.zarr)"
+    )
+
+
+def available_memory_bytes() -> int | None:
+    """Return about how many bytes this process can still allocate, or None if unknown.
+
+    The least of: Linux MemAvailable (else the free physical pages), the headroom
+    under a cgroup v2 memory limit (containers) and under RLIMIT_AS.
+    """
+    limits = [_meminfo_available(), _cgroup_headroom(), _address_space_headroom()]
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _cgroup_headroom() -> int | None:
+    try:
+        with open("/sys/fs/cgroup/memory.max") as handle:
+            limit = handle.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as handle:
+            current = int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(int(limit) - current, 0)
+
+
+def _address_space_headroom() -> int | None:
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmSize:"):
+                    return max(soft - int(line.split()[1]) * 1024, 0)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @contextlib.contextmanager
@@ -180,7 +277,9 @@ def predict_tiled(
         (n_classes, *spatial) float32 softmax probabilities.
     """
     config: UNetConfig = model.config  # type: ignore[assignment]
-    array = as_network_input(image, config)
+    array = _with_channel_axis(image, config, name="image")
+    check_fits_in_memory(array, config)  # before the float32 copy and the finiteness mask
+    array = _finite_float32(array, name="image")
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
@@ -199,7 +298,11 @@ def predict_tiled(
         grid.tile_shape,
         batch_size,
     )
-    output = np.empty((config.n_classes, *spatial_shape), dtype=np.float32)
+    try:
+        output = np.empty((config.n_classes, *spatial_shape), dtype=np.float32)
+    except MemoryError:  # the estimate said it fits, the allocator disagrees
+        needed = 4 * config.n_classes * math.prod(spatial_shape)
+        raise ValueError(_too_large_message(array.shape, needed, None, name="image")) from None
     tiles = list(grid)
     bar = _progress_bar(len(tiles), enabled=progress)
     with inference_mode(model, channels_last=channels_last):

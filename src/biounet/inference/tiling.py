@@ -275,7 +275,11 @@ def _axes(config: UNetConfig, image_shape: Sequence[int]) -> range:
 
 
 def choose_tile_shape(
-    config: UNetConfig, image_shape: Sequence[int], *, max_tile_pixels: int
+    config: UNetConfig,
+    image_shape: Sequence[int],
+    *,
+    max_tile_pixels: int,
+    bytes_per_pixel: float | None = None,
 ) -> tuple[int, ...]:
     """Choose the tile shape that computes the fewest input pixels within a size limit.
 
@@ -284,6 +288,11 @@ def choose_tile_shape(
     one with the least total input area wins (ties: fewer tiles). Larger tiles waste
     less on halos: for the default network on 2048x2048, 572-tiles cost 2.6 MFLOP
     per output pixel against 1.56 for one whole pass.
+
+    Raises:
+        ValueError: if even the smallest tile exceeds `max_tile_pixels`; with
+            `bytes_per_pixel` (the memory estimate behind the limit) the message says
+            how many bytes that tile needs, i.e. the least budget that would do.
     """
     options_per_axis = []
     for axis, size in zip(_axes(config, image_shape), image_shape):
@@ -308,8 +317,25 @@ def choose_tile_shape(
         smallest = tuple(
             smallest_tile_size(config, axis=axis) for axis in _axes(config, image_shape)
         )
+        advice = "raise the memory budget"
+        if bytes_per_pixel is not None:
+            needed = format_bytes(math.prod(smallest) * bytes_per_pixel)
+            advice = f"it needs about {needed}: raise the memory budget to at least that"
         raise ValueError(
             f"memory budget allows tiles of at most {max_tile_pixels} pixels, but the "
-            f"smallest tile {smallest} has {math.prod(smallest)}; raise the memory budget"
+            f"smallest tile {smallest} has {math.prod(smallest)}; {advice}"
         )
     return best[2]
+
+
+def format_bytes(n_bytes: float) -> str:
+    """Return a byte count for messages, in bytes, kB, MB, GB or TB (powers of 1000).
+
+    Example:
+        >>> format_bytes(512), format_bytes(353_408), format_bytes(9e10)
+        ('512 bytes', '353.4 kB', '90.0 GB')
+    """
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
