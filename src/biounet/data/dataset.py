@@ -73,6 +73,11 @@ def make_training_image(
         raise ValueError(
             f"{name}: image spatial shape {image.shape[1:]} differs from labels {labels.shape}"
         )
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError(
+            f"training image {name} contains NaN or infinite pixels; replace them (e.g. by "
+            "the image's median) before training"
+        )
     if model_config.n_classes == 2:
         target = (labels > 0).astype(np.int64)
     else:
