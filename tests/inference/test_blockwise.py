@@ -363,3 +363,76 @@ def test_killed_worker_is_retried(cluster_client, rng, tmp_path):
     np.testing.assert_allclose(
         output[...], predict_tiled(model, image, tile_shape=(76, 92)), rtol=0, atol=1e-5
     )
+
+
+KILLED_CHILD = r"""
+import sys, time
+import biounet.inference.blockwise as blockwise
+from biounet.weightfile import load_model
+model_path, source, target = sys.argv[1:4]
+original = blockwise._predict_block
+def slow(job, index, tiles):  # gives the parent time to kill it mid-run
+    time.sleep(0.3)
+    return original(job, index, tiles)
+blockwise._predict_block = slow
+blockwise.predict_blockwise(
+    load_model(model_path), source, target, tile_shape=(76, 92), block_shape=(144, 104)
+)
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_from_what_it_recorded(rng, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import biounet.inference.blockwise as blockwise
+    from biounet.weightfile import save_model
+
+    model = make_model()
+    model_path = save_model(model, tmp_path / "model.safetensors")
+    image = rng.random((300, 400), dtype=np.float32)
+    source = tmp_path / "source.zarr"
+    as_zarr(source, image, chunks=(100, 100))
+    target = tmp_path / "out.zarr"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(model_path), str(source), str(target)],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            if done_blocks(zarr.open_array(str(target), mode="r")):
+                break
+        except Exception:  # the target or its record is not there yet
+            pass
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)  # no finally, no last flush of the record
+    _, stderr = child.communicate()
+    assert child.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    recorded = done_blocks(zarr.open_array(str(target), mode="r"))
+    assert 1 <= len(recorded) < 12
+
+    original, computed = blockwise._predict_block, []
+
+    def counting(job, index, tiles):
+        computed.append(int(np.ravel_multi_index(index, (3, 4))))
+        return original(job, index, tiles)
+
+    monkeypatch.setattr(blockwise, "_predict_block", counting)
+    output = predict_blockwise(model, source, target, tile_shape=(76, 92), block_shape=(144, 104))
+    assert sorted(computed) == sorted(set(range(12)) - set(recorded))
+    assert done_blocks(output) == list(range(12))
+    np.testing.assert_allclose(
+        output[...], predict_tiled(model, image, tile_shape=(76, 92)), rtol=0, atol=1e-5
+    )
+
+
+def test_unreachable_scheduler_is_one_line(rng, tmp_path):
+    pytest.importorskip("distributed")
+    import dask
+
+    image = rng.random((100, 100), dtype=np.float32)
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        one_line_error(ConnectionError, r"scheduler tcp://127.0.0.1:1 cannot be reached", predict_blockwise, make_model(), image, tmp_path / "out.zarr", scheduler="tcp://127.0.0.1:1")
+    assert not (tmp_path / "out.zarr").exists()  # checked before the target is created

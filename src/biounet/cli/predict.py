@@ -5,6 +5,17 @@ For every IMAGE (TIFF, multi-page TIFF stack, PNG) writes into --out:
   <name>_mask.tif          uint8 class map (argmax over classes)
   <name>_probabilities.tif float32 (C, ...) all classes, with --save-probabilities
 Files are written to a temporary name and renamed into place when complete.
+
+Out of core, for images larger than memory: when --out ends in .zarr, or IMAGE is a
+zarr store (an array `image.zarr`, one array of a group `image.zarr/0`, or an
+OME-Zarr image group, whose level 0 is used), the one IMAGE (zarr, or a TIFF read
+lazily) is predicted block by block with dask into the OME-Zarr group --out:
+  NAME.zarr/0             float32 (C, ...) class probabilities, the input's scale kept
+  NAME.zarr/labels/mask/0 uint8 (1, ...) class map (argmax over classes)
+Each block is recorded when written: --resume continues an interrupted run and skips
+finished blocks; --scheduler tcp://HOST:PORT runs on a dask.distributed cluster
+(`dask scheduler`, `dask worker tcp://HOST:PORT`) instead of local threads. A TIFF
+too large for in-memory prediction into a folder is refused with a pointer to zarr.
 """
 
 from __future__ import annotations
@@ -16,9 +27,18 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF or PNG images")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="TIFF or PNG images; or one zarr array/OME-Zarr group (image.zarr, image.zarr/0)",
+    )
     parser.add_argument("--model", required=True, help="weight file (.safetensors) from biounet")
-    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder (created if missing), or NAME.zarr to predict block by block",
+    )
     tiling = parser.add_argument_group("tiling")
     tiling.add_argument(
         "--tile-shape",
@@ -37,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--normalization",
-        choices=("percentile", "none"),
+        choices=("percentile", "zscore", "none"),
         default="percentile",
         help="intensity normalisation (default: 1st-99.8th percentile to 0-1)",
     )
@@ -46,14 +66,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    zarr_output = parser.add_argument_group("out of core (--out NAME.zarr)")
+    zarr_output.add_argument(
+        "--block-shape",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="output block per axis, one dask task and zarr chunk, rounded to whole tile "
+        "steps (default: about 2048 x 2048)",
+    )
+    zarr_output.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="dask.distributed scheduler such as tcp://host:8786 (default: local threads; "
+        "'synchronous' runs one block at a time in this thread)",
+    )
+    zarr_output.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into the existing --out, skipping finished blocks",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from biounet.cli import predict_zarr
     from biounet.data.io import check_input_file, check_output_path
     from biounet.weightfile import load_model
 
+    if predict_zarr.wants_zarr(args):
+        return predict_zarr.run(args)
+    predict_zarr.refuse_zarr_options(args)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.memory_budget <= 0:
@@ -74,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
             f"--tile-shape needs {model.config.ndim} values for this {model.config.ndim}-D "
             f"model, got {args.tile_shape}"
         )
+    for path in paths:
+        predict_zarr.check_fits_in_memory(path, model.config)
     for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
         _predict_file(model, path, out, args)
     return 0

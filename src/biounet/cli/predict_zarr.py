@@ -34,46 +34,36 @@ def refuse_zarr_options(args: argparse.Namespace) -> None:
         raise ValueError(f"{flags} {verb} zarr output: pass --out NAME.zarr (got --out {args.out})")
 
 
-def check_fits_in_memory(path: Path, config, memory_budget_gb: float) -> None:
-    """Refuse a TIFF whose arrays for in-memory prediction exceed the memory available.
+def check_fits_in_memory(path: Path, config) -> None:
+    """Refuse a TIFF too large for in-memory prediction from its header, before reading it.
+
+    Counts what `inference.predict.check_fits_in_memory` counts once the image is read
+    (raw pixels, their float32 copy, float32 probabilities), plus the foreground
+    probability and uint8 mask written out; tile activations come on top.
 
     Raises:
         ValueError: naming the bytes needed and the zarr output that avoids them.
     """
     from biounet.data.io import TIFF_SUFFIXES, read_tiff_shape
+    from biounet.inference import predict
 
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return
-    available = _available_memory()
+    available = predict.available_memory_bytes()
     if available is None:
         return
     shape, dtype = read_tiff_shape(path, name="IMAGE")
     n_pixels = 1
     for size in shape:
         n_pixels *= int(size)
-    # raw pixels, float32 input channels, float32 probabilities, foreground and uint8 mask
     per_pixel = dtype.itemsize + 4 * config.in_channels + 4 * config.n_classes + 4 + 1
-    needed = n_pixels * per_pixel + int(memory_budget_gb * 1024**3)
+    needed = n_pixels * per_pixel
     if needed > available:
         raise ValueError(
             f"IMAGE {path} {shape} needs about {needed / 1e9:.1f} GB for in-memory prediction, "
             f"more than the {available / 1e9:.1f} GB available; predict it out of core with "
             f"--out {path.stem}.zarr"
         )
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available now (Linux MemAvailable), else physical memory, else None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def run(args: argparse.Namespace) -> int:
