@@ -63,3 +63,24 @@ def test_image_smaller_than_tile_is_mirrored(rng):
 def test_shape_mismatch_is_named(rng):
     with pytest.raises(ValueError, match="differs from labels"):
         make_training_image("bad", np.zeros((1, 5, 5), np.float32), np.zeros((5, 6), np.int32), model_config=UNetConfig(), train_config=TrainConfig())
+
+
+def test_3d_tiles_of_an_anisotropic_network(rng):
+    # a (Z, Y, X) volume of box cells, as for the 3-D U-Net of Cicek et al. 2016
+    labels = np.zeros((9, 40, 44), np.int32)
+    labels[1:6, 4:16, 5:20] = 1
+    labels[3:9, 16:30, 10:28] = 2  # touches cell 1
+    image = (labels > 0).astype(np.float32)[None] + rng.normal(0, 0.1, (1, *labels.shape)).astype(np.float32)
+    model = UNetConfig(ndim=3, depth=2, base_channels=2, pool_z=(False, True))
+    item = make_training_image("v", image, labels, model_config=model, train_config=TrainConfig(sigma_px=2.0))
+    assert item.weights.shape == labels.shape and item.weights.max() > item.weights[labels > 0].min()
+    augment_config = AugmentConfig(ndim=3, elastic_sigma_px=(1.0, 4.0, 4.0), max_rotation_deg=30.0)
+    dataset = TileDataset([item], model_config=model, tile_shape=(28, 44, 48), length=3, seed=2,
+                          augment_config=augment_config)
+    for index in range(3):
+        tile, target, weights = dataset[index]
+        assert tile.shape == (1, 28, 44, 48) and target.shape == weights.shape == (4, 4, 8)
+        assert set(np.unique(target.numpy())) <= {0, 1} and torch.isfinite(weights).all()
+    with pytest.raises(ValueError, match="augment_config.ndim is 2 but the network is 3-D"):
+        TileDataset([item], model_config=model, tile_shape=(28, 44, 48), length=1,
+                    augment_config=AugmentConfig())

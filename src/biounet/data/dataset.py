@@ -123,6 +123,12 @@ class TileDataset(torch.utils.data.Dataset):
     ) -> None:
         if not images:
             raise ValueError("images must hold at least one training image")
+        if augment_config is not None and augment_config.ndim != model_config.ndim:
+            # a 2-D augmentation would silently deform a volume slice by slice
+            raise ValueError(
+                f"augment_config.ndim is {augment_config.ndim} but the network is "
+                f"{model_config.ndim}-D; set AugmentConfig(ndim={model_config.ndim})"
+            )
         self.images = list(images)
         self.tile_shape = tuple(int(size) for size in tile_shape)
         self.output_shape = config_output_shape(model_config, self.tile_shape)
@@ -187,11 +193,15 @@ def _augment_margin(tile_shape: tuple[int, ...], config: AugmentConfig | None) -
         return (0,) * len(tile_shape)
     sigma = np.broadcast_to(np.asarray(config.elastic_sigma_px, dtype=float), (len(tile_shape),))
     shift = np.broadcast_to(np.asarray(config.max_shift_px, dtype=float), (len(tile_shape),))
-    rotates = config.max_rotation_deg > 0 or config.max_tilt_deg > 0
-    diagonal = math.sqrt(sum(size**2 for size in tile_shape))
+    # Without tilt a 3-D tile turns in the (Y, X) plane only, so Z needs no rotation margin
+    # (anisotropic stacks are thin: a full 3-D diagonal would double their Z reads).
+    is_tilted = config.max_tilt_deg > 0
+    rotating = range(len(tile_shape)) if is_tilted else range(len(tile_shape) - 2, len(tile_shape))
+    rotates = config.max_rotation_deg > 0 or is_tilted
+    diagonal = math.sqrt(sum(tile_shape[axis] ** 2 for axis in rotating))
     margins = []
     for axis, size in enumerate(tile_shape):
-        reach = (diagonal - size) / 2 if rotates else 0.0
+        reach = (diagonal - size) / 2 if rotates and axis in rotating else 0.0
         margins.append(int(math.ceil(reach + 3 * sigma[axis] + shift[axis])))
     return tuple(margins)
 

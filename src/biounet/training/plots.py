@@ -51,13 +51,19 @@ def overlay(
 
 
 def write_overlays(folder: str | Path, items: Sequence, predictions: Sequence[np.ndarray]) -> None:
-    """Write `<name>.png` overlays of predictions (K, Y, X) on their 2-D items into `folder`."""
+    """Write `<name>.png` overlays of predictions (K, Y, X) on their items into `folder`.
+
+    A volume (K, Z, Y, X) is shown by its middle Z slice.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for item, probabilities in zip(items, predictions):
-        if item.image.ndim != 3:  # 3-D volumes: no flat overlay
-            continue
-        picture = overlay(item.image, probabilities[0] < 0.5, item.target > 0)
+        image, target = item.image, item.target
+        if image.ndim == 4:  # (C, Z, Y, X)
+            middle = image.shape[1] // 2
+            image, target = image[:, middle], target[middle]
+            probabilities = probabilities[:, middle]
+        picture = overlay(image, probabilities[0] < 0.5, target > 0)
         write_png(folder / f"{_safe_name(item.name)}.png", picture)
 
 

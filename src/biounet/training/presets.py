@@ -35,6 +35,9 @@ class RunConfig:
     def updated(self, values: Mapping[str, Any]) -> RunConfig:
         """Return a copy with sections overridden by `values` ({"train": {...}, ...}).
 
+        The augmentation follows the network's ndim (a {"model": {"ndim": 3}} run gets
+        3-D elastic deformation) unless the augment section names its own ndim.
+
         Raises:
             ValueError: for unknown sections or keys (named).
         """
@@ -60,7 +63,12 @@ class RunConfig:
                 if not isinstance(values[name], Mapping):
                     raise TypeError(f"config section {name!r} must be an object")
                 base = current.to_dict() if current is not None else {}
+                if name == "augment":  # per-axis values given for the network's axes
+                    base["ndim"] = sections["model"].ndim
                 sections[name] = section_type.from_dict({**base, **values[name]})
+        model, augment = sections["model"], sections["augment"]
+        if augment is not None and augment.ndim != model.ndim and "augment" not in values:
+            sections["augment"] = dataclasses.replace(augment, ndim=model.ndim)
         return RunConfig(**sections)
 
 
