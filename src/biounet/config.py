@@ -49,11 +49,22 @@ def _from_json_value(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+
+
+# Upper bounds of UNetConfig. A config arrives from files (weight files, checkpoints, run
+# configs) that may be damaged or hostile; without bounds a few bytes could ask for any
+# amount of memory. Each is many times what biomedical U-Nets use (the paper: depth 4,
+# 64 base channels, 1024 at the widest level).
+MAX_DEPTH = 10
+MAX_CHANNELS = 1024  # in_channels, n_classes and base_channels each
+MAX_WIDTH = 8192  # channels of the widest level, base_channels * 2**depth
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -65,7 +76,9 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
 class UNetConfig(_JsonConfig):
     """Architecture of a U-Net; the defaults are the network of Ronneberger et al. 2015, Fig. 1.
 
-    Stored verbatim (as JSON) in every weight file and checkpoint.
+    Stored verbatim (as JSON) in every weight file and checkpoint. Sizes are bounded
+    (`MAX_DEPTH`, `MAX_CHANNELS`, `MAX_WIDTH`), so a config read from a file cannot ask
+    for unbounded memory.
 
     Attributes:
         in_channels: image channels.
@@ -102,10 +115,15 @@ class UNetConfig(_JsonConfig):
     pool_z: tuple[bool, ...] | None = None
 
     def __post_init__(self) -> None:
-        _check_int("in_channels", self.in_channels, 1)
-        _check_int("n_classes", self.n_classes, 2)
-        _check_int("depth", self.depth, 0)
-        _check_int("base_channels", self.base_channels, 1)
+        _check_int("in_channels", self.in_channels, 1, MAX_CHANNELS)
+        _check_int("n_classes", self.n_classes, 2, MAX_CHANNELS)
+        _check_int("depth", self.depth, 0, MAX_DEPTH)
+        _check_int("base_channels", self.base_channels, 1, MAX_CHANNELS)
+        if self.base_channels * 2**self.depth > MAX_WIDTH:
+            raise ValueError(
+                f"base_channels * 2**depth (the widest level) must be <= {MAX_WIDTH}, got "
+                f"{self.base_channels} * 2**{self.depth} = {self.base_channels * 2**self.depth}"
+            )
         _check_choice("ndim", self.ndim, (2, 3))
         _check_choice("padding", self.padding, PADDINGS)
         _check_choice("norm", self.norm, NORMS)

@@ -127,6 +127,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         config = UNetConfig.from_dict(json.loads(metadata["config"]))
     except (ValueError, TypeError) as error:
         raise ValueError(f"model {path} has an invalid config: {error}") from None
+    # The checksum covers the tensors, not the config: compare their shapes with a network
+    # built on the meta device (no memory) before allocating the one the config describes.
+    with torch.device("meta"):
+        skeleton = UNet(config)
+    check_state_dict(skeleton, tensors, source=f"model {path}")
     model = UNet(config)
     load_state_dict_checked(model, tensors, source=f"model {path}")
     return model.to(device).eval()
@@ -136,6 +141,17 @@ def load_state_dict_checked(
     model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str
 ) -> None:
     """Load `tensors` into `model`, raising one readable ValueError for any mismatch."""
+    check_state_dict(model, tensors, source=source)
+    model.load_state_dict(dict(tensors), strict=True)
+
+
+def check_state_dict(
+    model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, source: str
+) -> None:
+    """Raise one readable ValueError unless `tensors` match the names and shapes of `model`.
+
+    Only shapes are read, so `model` may live on the meta device.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -155,7 +171,6 @@ def load_state_dict_checked(
         raise ValueError(
             f"{source} does not fit the architecture {model.config}: {'; '.join(parts)}"
         )
-    model.load_state_dict(dict(tensors), strict=True)
 
 
 def import_state_dict(
