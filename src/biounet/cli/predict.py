@@ -27,6 +27,7 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the tables above
     parser.add_argument(
         "images",
         nargs="+",
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         required=True,
-        help="output folder (created if missing), or NAME.zarr to predict block by block",
+        help="output folder (created if missing); a path ending in .zarr (or a zarr IMAGE) "
+        "predicts block by block into that OME-Zarr group",
     )
     tiling = parser.add_argument_group("tiling")
     tiling.add_argument(
