@@ -114,12 +114,18 @@ def read_tiff_shape(path: str | os.PathLike, *, name: str = "image") -> tuple[tu
     """
     import tifffile
 
-    try:
-        with tifffile.TiffFile(path) as handle:
-            series = handle.series[0]  # what tifffile.imread returns by default
-            return tuple(series.shape), np.dtype(series.dtype)
-    except Exception as error:  # tifffile raises many types for corrupt files
-        raise ValueError(f"{name} {path} cannot be read as TIFF: {_first_line(error)}") from None
+    with _captured_log("tifffile") as records:  # as in `_read_tiff`: one error line only
+        try:
+            with tifffile.TiffFile(path) as handle:
+                series = handle.series[0]  # what tifffile.imread returns by default
+                return tuple(series.shape), np.dtype(series.dtype)
+        except Exception as error:  # tifffile raises many types for corrupt files
+            raise ValueError(
+                f"{name} {path} cannot be read as TIFF: {_first_line(error)}"
+            ) from None
+        finally:  # a readable file's doubts are said when `read_image` reads its pixels
+            for record in records:
+                logger.debug("%s %s: tifffile: %s", name, path, record.getMessage())
 
 
 def check_image_dtype(array: np.ndarray, *, name: str = "image") -> None:
