@@ -50,3 +50,17 @@ def test_bad_inputs():
         as_probabilities(np.full((4, 4), 2.0))
     with pytest.raises(ValueError, match="metrics must be"):
         parse_metric_groups("isbi,speed")
+
+
+def test_3d_volumes_match_instances_in_3d_and_isbi_errors_slice_by_slice():
+    truth = np.stack([two_cells()] * 5)  # two cells through five slices
+    report = evaluate([("v", truth, truth)])
+    overall = report.overall
+    assert report.rows[0]["n_true"] == 2  # one object per cell, not one per slice
+    assert overall["seg"] == 1 and overall["ap_50"] == 1 and overall["dsb_score"] == 1
+    assert overall["pixel_error"] == 0 and overall["rand_error"] == 0
+    # a cell cut in two along Z is two objects in 3-D, though each slice looks right
+    split = truth.copy()
+    split[3:][split[3:] == 2] = 3
+    row = evaluate([("v", truth, split)], metrics="instance,ctc").rows[0]
+    assert row["n_pred"] == 3 and row["ap_50"] < 1 and row["seg"] < 1

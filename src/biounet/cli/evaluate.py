@@ -1,6 +1,8 @@
 """Compare predictions with ground truth using the challenges' own definitions.
 
---gt is read like training data (pairs, stacks, DSB 2018, CTC layouts). For each
+--gt is read like training data (pairs, stacks, DSB 2018, CTC layouts; --volume reads a
+stack as one (Z, Y, X) volume: SEG and instance matching then work in 3-D, ISBI errors
+slice by slice). For each
 ground-truth image NAME, --pred must hold NAME.tif/.png, NAME_probability.tif (from
 biounet predict), NAME_labels.tif or NAME_mask.tif. Float files are probability maps,
 integer files label images. Prints a table per image and overall; --out writes JSON
@@ -26,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics", default="all", help="all, or a comma-separated subset of isbi, ctc, instance"
     )
     parser.add_argument("--layout", default="auto", help="ground-truth layout (default: auto)")
+    parser.add_argument(
+        "--volume", action="store_true",
+        help="read a ground-truth stack as one (Z, Y, X) volume, for 3-D predictions",
+    )
     parser.add_argument("--out", help="write the report as JSON here")
     parser.add_argument("--csv", help="write the per-image table as CSV here")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --out/--csv")
@@ -41,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     pred_folder = Path(args.pred)
     if not pred_folder.is_dir():
         raise FileNotFoundError(f"--pred {pred_folder} is not an existing folder")
-    samples = open_dataset(args.gt, layout=args.layout, allow_empty=True)
+    samples = open_dataset(args.gt, layout=args.layout, allow_empty=True, volume=args.volume)
     files = {name: _find_prediction(pred_folder, name) for name in samples.names}
     missing = [name for name, path in files.items() if path is None]
     if missing:

@@ -158,12 +158,15 @@ def _load_data(args, config):
     from biounet.data.dataset import training_images
     from biounet.data.layouts import open_dataset
 
-    samples = open_dataset(args.data, layout=args.layout, label_kind=args.label_kind)
+    # a 3-D network (Cicek et al. 2016) reads a stack pair as one (Z, Y, X) volume
+    options = {"layout": args.layout, "label_kind": args.label_kind,
+               "volume": config.model.ndim == 3}
+    samples = open_dataset(args.data, **options)
     if len(samples) == 0:
         raise ValueError(f"--data {args.data} holds no annotated images")
     if args.val:
         train_samples = list(samples)
-        val_samples = list(open_dataset(args.val, layout=args.layout, label_kind=args.label_kind))
+        val_samples = list(open_dataset(args.val, **options))
     else:
         if not 0.0 <= args.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
