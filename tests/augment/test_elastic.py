@@ -148,3 +148,20 @@ def test_errors():
         sample_displacement((16, 16), grid_shape=1, rng=0)
     with pytest.raises(ValueError, match="sigma"):
         sample_displacement((16, 16), sigma=-1.0, rng=0)
+
+
+def test_3d_deformation_of_an_anisotropic_stack_keeps_integer_labels(rng):
+    # 3x3x3 grid (Cicek et al. 2016 deform volumes alike), smaller displacements along Z
+    labels = np.zeros((8, 30, 30), np.uint16)
+    labels[1:6, 3:15, 3:15] = 7
+    labels[2:8, 15:27, 8:24] = 300  # touches cell 7
+    image = labels.astype(np.float32) / 300 + rng.normal(0, 0.05, labels.shape).astype(np.float32)
+    (same_image, same_labels) = apply_displacement([image, labels], np.zeros((3, 3, 3, 3)),
+                                                   orders=(3, 0))
+    np.testing.assert_array_equal(same_image, image)
+    np.testing.assert_array_equal(same_labels, labels)
+    grid = sample_displacement(labels.shape, sigma=(1.0, 4.0, 4.0), rng=rng)
+    out_image, out_labels = apply_displacement([image, labels], grid, orders=(3, 0))
+    assert out_labels.dtype == np.uint16 and out_labels.shape == labels.shape
+    assert set(np.unique(out_labels)) == {0, 7, 300}
+    assert not np.array_equal(out_labels, labels) and out_image.dtype == np.float32
