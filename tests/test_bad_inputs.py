@@ -15,6 +15,7 @@ A row carrying `bug=` states the behaviour biounet should have but does not have
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import json
@@ -73,9 +74,10 @@ class Marker:
 class Workspace:
     """A folder of inputs for one case; builders create what they need and return argv."""
 
-    def __init__(self, root: Path, server: LocalServer) -> None:
+    def __init__(self, root: Path, server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
         self.root = root
         self.server = server
+        self.monkeypatch = monkeypatch
         self.out = root / "out"
         self.marker = root / "UNPICKLED"
 
@@ -124,7 +126,35 @@ class Workspace:
         path = self.root / name
         path.mkdir()
         path.chmod(0o555)
+        if IS_ROOT:  # root ignores mode bits (CI runs as root): the kernel's refusal is simulated
+            self.refuse_creation_in(path)
         return str(path)
+
+    def refuse_creation_in(self, folder: Path) -> None:
+        """Make creating a file or folder directly in `folder` fail with EACCES.
+
+        That is what the kernel answers a non-root user in a mode-555 folder, and root on
+        a read-only mount; os.access still says "writable", as it does for root. Only the
+        refusal is simulated: biounet must notice it when it tries to write, as it would
+        on a real read-only mount.
+        """
+        real_open, real_mkdir = os.open, os.mkdir
+
+        def refuse(path) -> None:
+            if Path(os.path.abspath(os.fsdecode(path))).parent == folder:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+        def guarded_open(path, flags, *args, **kwargs):
+            if flags & os.O_CREAT:
+                refuse(path)
+            return real_open(path, flags, *args, **kwargs)
+
+        def guarded_mkdir(path, *args, **kwargs):
+            refuse(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        self.monkeypatch.setattr(os, "open", guarded_open)
+        self.monkeypatch.setattr(os, "mkdir", guarded_mkdir)
 
     # weight files
 
@@ -316,7 +346,7 @@ def workspace(tmp_path, server, monkeypatch):
     server.files.clear()
     root = tmp_path / "work"
     root.mkdir()
-    yield Workspace(root, server)
+    yield Workspace(root, server, monkeypatch)
     for path in root.rglob("*"):  # let pytest clean up folders a case locked
         if path.is_dir() and not path.is_symlink():
             path.chmod(0o755)
@@ -493,9 +523,7 @@ OUTPUT_CASES = [
          r"(--out|output folder) \S*a-file\S* .*(file|not a folder|not a directory)"),
     case("predict/unwritable --out",
          lambda w: w.predict(w.image(), out=w.unwritable_folder()),
-         r"output folder \S*locked is not writable",
-         skip="root writes into mode-555 folders; '--out below a file' covers it" if IS_ROOT
-         else None),
+         r"output folder \S*locked is not writable"),
 ]
 TRAIN_CASES = [
     case("train/missing --data", lambda w: w.train(data=str(w.root / "nothing")),
