@@ -17,7 +17,12 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from biounet.export.onnx import OnnxRuntimeBackend, export_onnx, require  # noqa: E402
+from biounet.export.onnx import (  # noqa: E402
+    OnnxRuntimeBackend,
+    export_onnx,
+    load_onnx_backend,
+    require,
+)
 
 
 def make_unet(**options):
@@ -85,6 +90,23 @@ def test_tiled_onnx_runtime_equals_whole_image_pytorch(exported, rng):
     for tile_shape, batch_size in [((60, 64), 3), ((48, 92), 1)]:
         tiled = predict_tiled(backend, image, tile_shape=tile_shape, batch_size=batch_size)
         np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4)
+
+
+def test_load_onnx_backend_runs_onnx_files_and_exports_weight_files(exported, tmp_path, rng):
+    from biounet.weightfile import save_model
+
+    _, paths = exported
+    assert isinstance(load_onnx_backend(paths["legacy"], n_threads=1), OnnxRuntimeBackend)
+    model = make_unet(depth=1, base_channels=2)
+    weights = save_model(model, tmp_path / "model.safetensors")
+    backend = load_onnx_backend(weights, n_threads=1)  # exported on the fly, then checked
+    assert backend.config == model.config
+    image = rng.random((50, 43), dtype=np.float32)
+    np.testing.assert_allclose(
+        predict_tiled(backend, image, tile_shape=(26, 30)), predict_tiled(model, image),
+        rtol=0, atol=1e-4,
+    )
+    assert list(tmp_path.iterdir()) == [weights]  # no ONNX file left behind
 
 
 def test_three_d_and_variants_export(tmp_path, rng):

@@ -288,6 +288,34 @@ class OnnxRuntimeBackend(nn.Module):
         return torch.from_numpy(self._session.run(None, {self._input_name: array})[0])
 
 
+def load_onnx_backend(
+    path: str | os.PathLike, *, n_threads: int | None = None
+) -> OnnxRuntimeBackend:
+    """Return an `OnnxRuntimeBackend` for a biounet ONNX file or any biounet model file.
+
+    A `.onnx` file written by `export_onnx` (`biounet export --format onnx`) is run as
+    it is. A safetensors weight file or bioimage.io package is exported first, with
+    the default exporter and the same check against PyTorch as `export_onnx` (15-40 s
+    for the paper's network on 2 cores), so export once to skip that on every run.
+
+    Raises:
+        FileNotFoundError: if `path` does not exist.
+        ModuleNotFoundError: if onnx, onnxscript or onnxruntime is missing.
+        ValueError: if the file is neither a biounet ONNX file nor a biounet model.
+    """
+    import tempfile
+
+    from biounet.weightfile import load_model
+
+    path = check_input_file(path, name="model")
+    if path.suffix.lower() == ".onnx":
+        return OnnxRuntimeBackend(path, n_threads=n_threads)
+    model = load_model(path)
+    with tempfile.TemporaryDirectory(prefix="biounet-onnx-") as folder:
+        exported = export_onnx(model, Path(folder) / "model.onnx")
+        return OnnxRuntimeBackend(exported, n_threads=n_threads)  # the session holds the graph
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
