@@ -251,8 +251,9 @@ class OnnxRuntimeBackend(nn.Module):
     `config` is read from the file, so `predict_tiled(OnnxRuntimeBackend(path), image)`
     runs the same tiling, batching and softmax as for the PyTorch module. Measured
     on 2 shared CPU cores with the paper's network (benchmarks/bench_onnxruntime.py):
-    1.3x faster than PyTorch on 572 px tiles, 1.1-1.2x on 1212 px tiles (one
-    tile per 1024 x 1024 image), within 1.1e-5 of its probabilities.
+    1.3x faster than PyTorch on 572 px tiles; 1.2-1.5x on 1212 px tiles (one tile
+    per 1024 x 1024 image) in 3 of 4 runs, 0.8x in one; within 1.1e-5 of its
+    probabilities.
     Inference only: it has no trainable parameters.
 
     Args:
