@@ -220,3 +220,12 @@ def test_tiff_too_large_for_memory_points_to_zarr(model_file, tmp_path, capsys, 
     assert re.search(r"IMAGE .*huge.tif \(64, 64\) needs about [\d.]+ GB .*--out huge.zarr", error), error
     monkeypatch.setattr(predict_module, "available_memory_bytes", lambda: None)
     assert main(["predict", "--model", str(model_file), str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def test_zarr_output_takes_one_image(model_file, image, tmp_path, capsys):
+    first = write_zarr(tmp_path / "a.zarr", image)
+    second = write_zarr(tmp_path / "b.zarr", image)
+    out = tmp_path / "out.zarr"
+    assert main(["predict", "--model", str(model_file), str(first), str(second), "--out", str(out)]) == 2
+    assert "zarr output takes one IMAGE, got 2" in capsys.readouterr().err
+    assert not out.exists()

@@ -106,6 +106,11 @@ def predict_blockwise(
         ValueError: for a source of the wrong shape or channel count, a target of the
             wrong shape or of another prediction, or an unusable block or tile shape.
         TypeError: for a model without a UNetConfig or a source that is not an array.
+        FileNotFoundError: for a source path that does not exist.
+        ConnectionError: for a scheduler address that cannot be reached (within dask's
+            ``distributed.comm.timeouts.connect``).
+
+    All of these are raised before the target is created or changed.
     """
     config = _check_model(model)
     opened = _open_source(source)
