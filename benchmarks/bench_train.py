@@ -14,9 +14,8 @@ N_STEPS = 20
 
 
 def _items():
-    from biounet.datasets.synthetic import generate_dataset
-
     from biounet.data.dataset import make_training_image
+    from biounet.datasets.synthetic import generate_dataset
     from biounet.training.presets import preset
 
     config = preset("cpu")
