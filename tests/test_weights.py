@@ -272,3 +272,46 @@ def test_invalid_arguments_name_the_parameter(arguments, error, match):
 
     with pytest.raises(error, match=match):
         weight_map(labels, **arguments)
+
+
+def reference_touching_borders(labels):
+    """Pixel by pixel: a cell pixel with a face neighbour inside the image of another cell."""
+    labels = np.asarray(labels)
+    border = np.zeros(labels.shape, bool)
+    for index in np.ndindex(labels.shape):
+        if labels[index] == 0:
+            continue
+        for axis in range(labels.ndim):
+            for step in (-1, 1):
+                neighbour = list(index)
+                neighbour[axis] += step
+                if 0 <= neighbour[axis] < labels.shape[axis]:
+                    other = labels[tuple(neighbour)]
+                    border[index] |= other != 0 and other != labels[index]
+    return border
+
+
+@pytest.mark.parametrize("shape", [(23, 31), (7, 9, 11)])
+def test_touching_borders_equal_the_pixel_loop(shape, rng):
+    from biounet.weights import touching_borders
+
+    labels = rng.integers(0, 5, size=shape)  # many contacts, background, and edges
+    np.testing.assert_array_equal(touching_borders(labels), reference_touching_borders(labels))
+
+
+def test_touching_cells_are_separated_in_the_training_target():
+    """Sec. 3 / Fig. 3c: a background border between touching cells, stressed by eq. 2."""
+    from biounet.config import TrainConfig, UNetConfig
+    from biounet.data.dataset import make_training_image
+
+    labels = np.zeros((40, 60), np.int32)
+    labels[10:30, 10:30], labels[10:30, 30:50] = 1, 2  # two squares touching along x = 29|30
+    image = np.random.default_rng(0).random((1, 40, 60), dtype=np.float32)
+    made = make_training_image("pair", image, labels, model_config=UNetConfig(),
+                               train_config=TrainConfig())
+    assert (made.target[10:30, 29:31] == 0).all() and made.target[10:30, 10:29].all()
+    assert made.weights[20, 29] > 5 * made.weights[20, 20]  # the border term lies on the gap
+    np.testing.assert_array_equal(made.labels, labels)  # validation sees the instances
+    plain = make_training_image("pair", image, labels, model_config=UNetConfig(),
+                                train_config=TrainConfig(separate_touching=False))
+    np.testing.assert_array_equal(plain.target, labels > 0)

@@ -168,6 +168,9 @@ class TrainConfig(_JsonConfig):
         optimizer: "sgd" (paper, with `momentum` 0.99) or "adam".
         learning_rate, momentum, weight_decay: optimiser settings.
         w0, sigma_px, class_weights: weight map of eq. 2 (paper: 10, 5 px, balanced).
+        separate_touching: with 2 classes, cell pixels that touch a different cell
+            become background in the target, the separation border of Sec. 3 and
+            Fig. 3c that the border term of eq. 2 then stresses.
         foreground_fraction: share of tiles centred on a random foreground pixel
             (0: tiles uniformly placed, as in the paper).
         validate_every, checkpoint_every: in iterations.
@@ -188,6 +191,7 @@ class TrainConfig(_JsonConfig):
     w0: float = 10.0
     sigma_px: float = 5.0
     class_weights: str | None = "balanced"
+    separate_touching: bool = True
     foreground_fraction: float = 0.0
     validate_every: int = 100
     checkpoint_every: int = 100
@@ -209,6 +213,10 @@ class TrainConfig(_JsonConfig):
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("class_weights", self.class_weights, ("balanced", None))
         _check_choice("normalization", self.normalization, ("percentile", "zscore"))
+        if not isinstance(self.separate_touching, bool):
+            raise TypeError(
+                f"separate_touching must be true or false, got {self.separate_touching!r}"
+            )
         for name, low, high in (
             ("learning_rate", 0.0, None),
             ("momentum", 0.0, 1.0),

@@ -19,7 +19,7 @@ from biounet.config import TrainConfig, UNetConfig
 from biounet.data.normalize import normalize_percentile, normalize_zscore
 from biounet.geometry import config_output_shape
 from biounet.inference.tiling import read_window
-from biounet.weights import weight_map
+from biounet.weights import touching_borders, weight_map
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,9 +61,11 @@ def make_training_image(
 ) -> TrainingImage:
     """Normalise an image and derive its target classes and weight map from `labels`.
 
-    With two classes the target is foreground (any id > 0) against background and the
-    weight map of eq. 2 separates touching instances; with more classes the label
-    values are the classes.
+    With two classes the target is foreground (any id > 0) against background, with the
+    pixels where two instances touch made background (`TrainConfig.separate_touching`,
+    Sec. 3 and Fig. 3c), and the weight map of eq. 2 stresses those borders; with more
+    classes the label values are the classes. `labels` are kept as given, for
+    validation against the original instances.
 
     Args:
         image: (C, *spatial) float32 image, channels as the network expects.
@@ -78,8 +80,11 @@ def make_training_image(
             f"training image {name} contains NaN or infinite pixels; replace them (e.g. by "
             "the image's median) before training"
         )
+    separated = labels
     if model_config.n_classes == 2:
-        target = (labels > 0).astype(np.int64)
+        if train_config.separate_touching:
+            separated = np.where(touching_borders(labels), 0, labels)
+        target = (separated > 0).astype(np.int64)
     else:
         if labels.max() >= model_config.n_classes:
             raise ValueError(
@@ -88,7 +93,7 @@ def make_training_image(
             )
         target = labels.astype(np.int64)
     weights = weight_map(
-        labels,
+        separated,
         w0=train_config.w0,
         sigma=train_config.sigma_px,
         class_weights=train_config.class_weights,
