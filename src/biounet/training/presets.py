@@ -108,6 +108,9 @@ def preset(name: str) -> RunConfig:
                 learning_rate=1e-3,
                 validate_every=100,
                 checkpoint_every=100,
+                # on 2 cores a loader process steals from the step's threads: make bench
+                # measured +18% per step with 1 worker, +3% preparing tiles in-process
+                workers=0,
             ),
             augment=AugmentConfig(),
         )
