@@ -153,6 +153,7 @@ def _check_pool_z(pool_z: Any, *, ndim: int, depth: int) -> None:
 
 
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
 VALIDATION_METRICS = ("foreground_iou", "rand", "ap50")
 
 
@@ -167,6 +168,9 @@ class TrainConfig(_JsonConfig):
         batch_size: tiles per step (paper: 1).
         optimizer: "sgd" (paper, with `momentum` 0.99) or "adam".
         learning_rate, momentum, weight_decay: optimiser settings.
+        lr_schedule: "constant" (the paper) or "cosine": the learning rate falls from
+            `learning_rate` to 0 along half a cosine over `iterations` (Loshchilov and
+            Hutter 2017); a function of the step, so resume stays exact.
         w0, sigma_px, class_weights: weight map of eq. 2 (paper: 10, 5 px, balanced).
         separate_touching: with 2 classes, cell pixels that touch a different cell
             become background in the target, the separation border of Sec. 3 and
@@ -188,6 +192,7 @@ class TrainConfig(_JsonConfig):
     learning_rate: float = 0.01
     momentum: float = 0.99
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"
     w0: float = 10.0
     sigma_px: float = 5.0
     class_weights: str | None = "balanced"
@@ -211,6 +216,7 @@ class TrainConfig(_JsonConfig):
         for size in self.tile_shape:
             _check_int("tile_shape", size, 1)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("class_weights", self.class_weights, ("balanced", None))
         _check_choice("normalization", self.normalization, ("percentile", "zscore"))
         if not isinstance(self.separate_touching, bool):

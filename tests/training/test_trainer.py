@@ -96,6 +96,35 @@ def test_interrupt_writes_checkpoint(tmp_path, rng):
     assert load_checkpoint(tmp_path / "checkpoint.safetensors").step == 5
 
 
+def test_cosine_schedule_resumes_exactly(tmp_path, rng):
+    """The cosine learning rate is a function of the step: stop at 5 of 12, resume, equal."""
+    from biounet.training.trainer import learning_rate_at
+
+    items = synthetic_items(rng)
+    make_trainer(tmp_path / "whole", items, 12, lr_schedule="cosine").fit()
+    stopped = make_trainer(tmp_path / "split", items, 12, lr_schedule="cosine")
+    original = stopped._checkpoint
+
+    def stop_at_first_checkpoint(*args):
+        original(*args)
+        stopped._request_stop()
+
+    stopped._checkpoint = stop_at_first_checkpoint
+    assert stopped.fit().step == 5
+    assert make_trainer(tmp_path / "split", items, 12, lr_schedule="cosine").fit(resume=True).step == 12
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors")
+    split = load_checkpoint(tmp_path / "split" / "checkpoint.safetensors")
+    for key, value in whole.model_state.items():
+        torch.testing.assert_close(split.model_state[key], value, rtol=0, atol=1e-6)
+    constant = make_trainer(tmp_path / "constant", items, 12)
+    constant.fit()
+    differs = load_checkpoint(tmp_path / "constant" / "checkpoint.safetensors").model_state
+    assert any(not torch.equal(differs[key], value) for key, value in whole.model_state.items())
+    config = TrainConfig(iterations=12, learning_rate=3e-3, lr_schedule="cosine")
+    rates = [learning_rate_at(config, step) for step in range(12)]
+    assert rates[0] == 3e-3 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
+
+
 def test_resume_with_other_config_is_refused(tmp_path, rng):
     items = synthetic_items(rng)
     make_trainer(tmp_path, items, 5).fit()

@@ -106,6 +106,7 @@ def preset(name: str) -> RunConfig:
                 batch_size=2,
                 optimizer="adam",
                 learning_rate=1e-3,
+                lr_schedule="cosine",
                 validate_every=100,
                 checkpoint_every=100,
                 # on 2 cores a loader process steals from the step's threads: make bench

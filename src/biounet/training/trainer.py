@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -95,6 +96,21 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     )
 
 
+def learning_rate_at(config: TrainConfig, step: int) -> float:
+    """Return the learning rate of the step that follows `step` completed steps.
+
+    Example:
+        >>> from biounet.config import TrainConfig
+        >>> cosine = TrainConfig(iterations=100, learning_rate=1.0, lr_schedule="cosine")
+        >>> learning_rate_at(cosine, 0), learning_rate_at(cosine, 50)
+        (1.0, 0.5)
+    """
+    if config.lr_schedule == "cosine":
+        progress = min(step / config.iterations, 1.0)
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.learning_rate
+
+
 class Trainer:
     """Trains a U-Net on tiles of `train_images`, validating on whole `val_images`."""
 
@@ -171,6 +187,8 @@ class Trainer:
                 loss = weighted_cross_entropy(network(image), target, weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate_at(config, step)
                 optimizer.step()
                 step += 1
                 losses.append(loss.item())
