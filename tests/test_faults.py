@@ -71,7 +71,10 @@ def write_pairs(folder: Path, *, count: int = 3, size: int = 64, seed: int = 0) 
 def write_config(path: Path, **train) -> Path:
     """depth 2, base 4, 60 px tiles, a checkpoint after every step; light augmentation."""
     values = {"tile_shape": [60, 60], "workers": 0, "checkpoint_every": 1, "validate_every": 4,
-              "seed": 3, "optimizer": "adam", "learning_rate": 1e-3} | train
+              "seed": 3, "optimizer": "adam", "learning_rate": 1e-3,
+              # a run planned for 100,000 steps is resumed to a few: only a constant rate
+              # makes that the same trajectory as a short run (cosine depends on the plan)
+              "lr_schedule": "constant"} | train
     path.write_text(json.dumps({
         "model": TINY_MODEL.to_dict(),
         "train": values,

@@ -170,7 +170,8 @@ class TrainConfig(_JsonConfig):
         learning_rate, momentum, weight_decay: optimiser settings.
         lr_schedule: "constant" (the paper) or "cosine": the learning rate falls from
             `learning_rate` to 0 along half a cosine over `iterations` (Loshchilov and
-            Hutter 2017); a function of the step, so resume stays exact.
+            Hutter 2017); a function of the step, so resume stays exact. Resuming
+            with other `iterations` bends the rest of the cosine to the new end.
         w0, sigma_px, class_weights: weight map of eq. 2 (paper: 10, 5 px, balanced).
         separate_touching: with 2 classes, cell pixels that touch a different cell
             become background in the target, the separation border of Sec. 3 and
