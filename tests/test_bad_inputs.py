@@ -14,7 +14,6 @@ A row carrying `bug=` states the behaviour biounet should have but does not have
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import io
@@ -51,6 +50,7 @@ from biounet.model.unet import UNet
 from biounet.training.checkpoint import load_checkpoint
 from biounet.weightfile import load_model, save_model, tensors_checksum
 from biounet.weights import weight_map
+from memory_limits import address_space_headroom
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HAS_EXPORT = "export" in COMMANDS
@@ -918,25 +918,6 @@ def test_cli_line_is_the_api_message(name, workspace, capsys):
     with pytest.raises(ValueError) as raised:
         call(model)
     assert line == f"biounet predict: error: {raised.value}"
-
-
-@contextlib.contextmanager
-def address_space_headroom(extra_bytes: int):
-    """Cap this process's address space at its current size + `extra_bytes` (Linux).
-
-    Inside the block an allocation beyond the headroom raises MemoryError at once instead
-    of swapping or waking the OOM killer; the soft limit is restored afterwards.
-    """
-    import resource
-
-    status = Path("/proc/self/status").read_text()
-    current = int(re.search(r"VmSize:\s+(\d+) kB", status).group(1)) * 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (current + extra_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and RLIMIT_AS")

@@ -9,10 +9,8 @@ claims gigapixels fails fast instead of filling the memory.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import re
 import struct
 import warnings
 import zlib
@@ -29,6 +27,7 @@ from biounet.config import UNetConfig
 from biounet.data.io import read_image
 from biounet.model.unet import UNet
 from biounet.weightfile import load_model, save_model
+from memory_limits import address_space_headroom
 
 N_IMAGE_RUNS = 1000  # about 1 s
 N_WEIGHT_RUNS = 300  # about 0.5 s: building a network per file costs more
@@ -167,25 +166,6 @@ WEIGHT_MUTATIONS = {**MUTATIONS, "config value": tamper_config}
 
 
 # --- the fuzz loop -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def address_space_headroom(extra_bytes: int):
-    """Cap the address space at its current size + `extra_bytes` (Linux; elsewhere no cap)."""
-    try:
-        import resource
-
-        status = Path("/proc/self/status").read_text()
-    except (ImportError, OSError):
-        yield
-        return
-    current = int(re.search(r"VmSize:\s+(\d+) kB", status).group(1)) * 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (current + extra_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def fuzz(read: Callable[[Path], object], seeds: dict[str, tuple[str, bytes]], folder: Path,
