@@ -54,6 +54,38 @@ def test_isbi_reproduction_runs_on_a_tiny_budget(data_root, tmp_path, tiny_prese
     assert "paper, Table 1" in reproduce.format_results(results)
 
 
+@pytest.mark.data
+def test_reproduction_scores_the_flip_rotation_average(data_root, tmp_path, tiny_preset):
+    from biounet.evaluation import evaluate
+    from biounet.inference.predict import predict_tiled
+    from biounet.inference.tta import predict_tta
+    from biounet.weightfile import load_model
+
+    split = reproduce.isbi2012_split(data_root / "isbi2012")
+    split = reproduce.Split(train=split.train[:1], val=split.val[:1], test=split.test[:1])
+    averaged = reproduce.run_experiment("isbi2012", split, tmp_path, iterations=4, progress=False)
+    once = reproduce.run_experiment(
+        "isbi2012", split, tmp_path, iterations=4, progress=False, tta=False
+    )
+    assert averaged["tta"] is True and once["tta"] is False
+    model = load_model(tmp_path / "train" / "best.safetensors")
+    item = reproduce_test_item(split, model)
+    for results, predict in ((averaged, predict_tta), (once, predict_tiled)):
+        expected = evaluate([("20", item.labels, predict(model, item.image)[1])], metrics="isbi")
+        assert results["overall"] == expected.overall
+    assert "8 flips/rotations" in reproduce.format_results(averaged)
+    assert "8 flips/rotations" not in reproduce.format_results(once)
+
+
+def reproduce_test_item(split, model):
+    from biounet.data.dataset import training_images
+    from biounet.training.presets import preset
+
+    config = preset("cpu")
+    (item,) = training_images(split.test, model_config=model.config, train_config=config.train)
+    return item
+
+
 def write_ctc(root, rng):
     for sequence in ("01", "02"):
         (root / sequence).mkdir(parents=True)

@@ -1,6 +1,6 @@
 """Reproduce the paper's experiments on real data: train, predict held-out images, score.
 
-  biounet reproduce isbi2012 --data DIR --out RUN [--preset cpu|paper]
+  biounet reproduce isbi2012 --data DIR --out RUN [--preset cpu|paper] [--no-tta]
   biounet reproduce dsb2018  --data DIR --out RUN
   biounet reproduce ctc      --data DIR --dataset DIC-C2DH-HeLa|PhC-C2DH-U373 --out RUN
 
@@ -19,6 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="for ctc: DIC-C2DH-HeLa or PhC-C2DH-U373")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
     parser.add_argument("--iterations", type=int, help="override the preset's iterations")
+    parser.add_argument(
+        "--no-tta",
+        dest="tta",
+        action="store_false",
+        help="predict the test images once, not averaged over 8 flips/rotations",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         progress=not args.quiet,
         label=args.dataset,
+        tta=args.tta,
     )
     print(format_results(results))
     return 0
