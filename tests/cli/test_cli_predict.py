@@ -40,6 +40,27 @@ def test_predict_png_and_stack(tiny_unet, model_file, tmp_path, rng):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
+def test_class_map_keeps_ids_above_255(tmp_path, rng):
+    import torch
+
+    from biounet.config import UNetConfig
+    from biounet.model.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(depth=1, base_channels=2, n_classes=300)).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[299] = 5.0
+    model_file = save_model(model, tmp_path / "many.safetensors")
+    Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(tmp_path / "a.png")
+    code = main(["predict", "--model", str(model_file), str(tmp_path / "a.png"),
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 0
+    mask = tifffile.imread(tmp_path / "out" / "a_mask.tif")
+    assert mask.dtype == np.uint16 and (mask == 299).all()
+
+
 def written(path, data):
     path.write_bytes(data)
     return path

@@ -212,7 +212,9 @@ def _predict_file(model, path: Path, out: Path, args: argparse.Namespace) -> Non
         )
     probabilities = np.stack(results, axis=1) if len(pages) > 1 else results[0]
     foreground = 1.0 - probabilities[0]
-    mask = np.argmax(probabilities, axis=0).astype(np.uint8)
+    # class ids above 255 need 16 bits (UNetConfig allows up to 1024 classes)
+    mask_dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
+    mask = np.argmax(probabilities, axis=0).astype(mask_dtype)
     targets = _targets(out, path, args.save_probabilities)
     write_tiff(targets[0], foreground.astype(np.float32))
     write_tiff(targets[1], mask)
