@@ -48,3 +48,8 @@ def test_missing_predictions_are_named(tmp_path, capsys):
     tifffile.imwrite(pred / "b.tif", (labels > 0).astype(np.uint16))
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "ctc,instance"]) == 0
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(gt)]) == 2
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(pred / "b.tif")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--gt must be a data set folder" in error and "labels_path" not in error
+    assert len(error.splitlines()) == 1

@@ -47,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
     pred_folder = Path(args.pred)
     if not pred_folder.is_dir():
         raise FileNotFoundError(f"--pred {pred_folder} is not an existing folder")
+    if Path(args.gt).is_file():
+        raise ValueError(
+            f"--gt must be a data set folder (images/ + labels/, NAME-volume.tif + "
+            f"NAME-labels.tif, DSB 2018 or CTC layout), got the file {args.gt}"
+        )
     samples = open_dataset(args.gt, layout=args.layout, allow_empty=True, volume=args.volume)
     files = {name: _find_prediction(pred_folder, name) for name in samples.names}
     missing = [name for name, path in files.items() if path is None]
