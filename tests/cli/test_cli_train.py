@@ -51,6 +51,17 @@ def test_train_then_resume_then_predict(tmp_path, rng, tiny_config, capsys):
     assert (out / "00_probability.tif").is_file()
 
 
+def test_precision_flag_reaches_the_run_config(tmp_path, rng, tiny_config, capsys):
+    data = write_pairs(tmp_path / "data", rng)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--quiet", "--config", str(tiny_config)]
+    assert main([*args, "--iterations", "2", "--precision", "bfloat16"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == "bfloat16"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--precision", "float16"])
+    assert exit_info.value.code == 2 and "--precision" in capsys.readouterr().err
+
+
 def make_no_foreground(folder, rng):
     write_pairs(folder, rng, count=2)
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "labels" / "01.png")

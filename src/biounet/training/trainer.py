@@ -181,10 +181,13 @@ class Trainer:
         losses: list[float] = []
         started = time.perf_counter()
         bar = _progress(config.iterations, start, enabled=self.progress and is_main)
+        low_precision = config.precision == "bfloat16"
         try:
             for image, target, weights in loader:
                 network.train()
-                loss = weighted_cross_entropy(network(image), target, weights)
+                with torch.autocast("cpu", torch.bfloat16, enabled=low_precision):
+                    logits = network(image)
+                loss = weighted_cross_entropy(logits.float(), target, weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for group in optimizer.param_groups:
