@@ -42,8 +42,10 @@ def run() -> list[dict]:
     model = UNet(config.model)
     optimizer = build_optimizer(model, train)
 
-    def step(image, target, weights):
-        loss = weighted_cross_entropy(model(image), target, weights)
+    def step(image, target, weights, bfloat16=False):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):  # TrainConfig.precision
+            logits = model(image)
+        loss = weighted_cross_entropy(logits.float(), target, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -69,6 +71,11 @@ def run() -> list[dict]:
     for batch in batches[2:]:
         step(*batch)
     bare = (time.perf_counter() - start) / N_STEPS
+    step(*batches[0], bfloat16=True)  # warm-up of the bfloat16 kernels
+    start = time.perf_counter()
+    for batch in batches[2:]:
+        step(*batch, bfloat16=True)
+    bare_bf16 = (time.perf_counter() - start) / N_STEPS
     piped = piped_seconds(train.workers)
     # on 2 cores a worker process competes with the step's threads; preparing tiles
     # in the main process between steps uses both cores for each in turn
@@ -81,6 +88,10 @@ def run() -> list[dict]:
     return [
         {"benchmark": f"cpu preset step, tile {train.tile_shape}, batch {train.batch_size}",
          "metric": "bare forward/backward", "value": bare, "unit": "s/step"},
+        {"benchmark": "cpu preset step, precision bfloat16", "metric": "bare forward/backward",
+         "value": bare_bf16, "unit": "s/step"},
+        {"benchmark": "cpu preset step, precision bfloat16", "metric": "speed-up vs float32",
+         "value": bare / bare_bf16, "unit": "x"},
         {"benchmark": "cpu preset step", "metric": "with data pipeline", "value": piped,
          "unit": "s/step"},
         {"benchmark": f"cpu preset step, {train.workers} loader worker(s) (the preset)",

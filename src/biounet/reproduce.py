@@ -107,12 +107,14 @@ def run_experiment(
     progress: bool = True,
     label: str | None = None,
     tta: bool = True,
+    overrides: dict | None = None,
 ) -> dict:
     """Train on `split.train`, select on `split.val`, score `split.test`; write results.json.
 
     With `tta` the test images are predicted as the paper's ISBI submission was, averaged
     over rotated and flipped versions of the input (Sec. 4: "averaged over 7 rotated
-    versions"; here the 8 symmetries of the square, identity included).
+    versions"; here the 8 symmetries of the square, identity included). `overrides`
+    ({"model": {...}, "train": {...}, "augment": {...}}) change the preset's fields.
     """
     from biounet.data.dataset import training_images
     from biounet.evaluation import evaluate
@@ -124,7 +126,8 @@ def run_experiment(
 
     out = Path(out)
     metric = "rand" if experiment == "isbi2012" else "ap50"
-    config = replace_train(preset(preset_name), iterations=iterations, validation_metric=metric)
+    config = preset(preset_name).updated(overrides or {})
+    config = replace_train(config, iterations=iterations, validation_metric=metric)
     kwargs = {"model_config": config.model, "train_config": config.train}
     train, val = training_images(split.train, **kwargs), training_images(split.val, **kwargs)
     test = training_images(split.test, **kwargs)
@@ -150,6 +153,7 @@ def run_experiment(
     results = {
         "experiment": experiment if label is None else f"{experiment} {label}",
         "preset": preset_name,
+        "config": config.to_dict(),
         "iterations": result.step,
         "tta": tta,
         "train_seconds": train_seconds,

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
     parser.add_argument("--iterations", type=int, help="override the preset's iterations")
     parser.add_argument(
+        "--config", help="JSON file {model: {...}, train: {...}, augment: {...}} over the preset"
+    )
+    parser.add_argument(
         "--no-tta",
         dest="tta",
         action="store_false",
@@ -39,6 +42,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be a positive integer, got {args.iterations}")
+    overrides = None
+    if args.config:
+        from pathlib import Path
+
+        from biounet.cli.train import read_json_object
+        from biounet.training.presets import preset
+
+        overrides = read_json_object(Path(args.config), "--config")
+        preset(args.preset).updated(overrides)  # a bad key fails before any data is read
     if args.experiment == "ctc":
         if not args.dataset:
             raise ValueError("--dataset is required for ctc (DIC-C2DH-HeLa or PhC-C2DH-U373)")
@@ -56,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         label=args.dataset,
         tta=args.tta,
+        overrides=overrides,
     )
     print(format_results(results))
     return 0

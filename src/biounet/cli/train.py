@@ -69,13 +69,14 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not (out / "config.json").is_file() or not (out / CHECKPOINT).is_file():
             raise FileNotFoundError(f"--resume: {out} holds no config.json and {CHECKPOINT}")
-        config = preset("paper").updated(_read_json(out / "config.json", "--resume config.json"))
+        saved = read_json_object(out / "config.json", "--resume config.json")
+        config = preset("paper").updated(saved)
     else:
         if (out / CHECKPOINT).exists():
             raise FileExistsError(f"--out {out} already holds a run; pass --resume to continue it")
         config = preset(args.preset)
         if args.config:
-            config = config.updated(_read_json(Path(args.config), "--config"))
+            config = config.updated(read_json_object(Path(args.config), "--config"))
     config = replace_train(
         config,
         iterations=args.iterations,
@@ -136,7 +137,8 @@ def _launch_torchrun(nproc: int) -> int:
     return subprocess.call(command)
 
 
-def _read_json(path: Path, name: str) -> dict:
+def read_json_object(path: Path, name: str) -> dict:
+    """Return the JSON object in `path`; one-line errors name the option `name`."""
     from biounet.data.io import check_input_file
 
     check_input_file(path, name=name)
