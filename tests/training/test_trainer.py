@@ -213,3 +213,31 @@ def test_bfloat16_training_learns_resumes_exactly_and_differs_from_float32(tmp_p
 def test_precision_is_checked():
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(precision="float16")
+
+
+def test_resume_of_a_run_saved_before_a_field_existed(tmp_path, rng):
+    """A checkpoint without a later TrainConfig field resumes with that field's default."""
+    from biounet.training.checkpoint import save_checkpoint
+
+    items = synthetic_items(rng)
+    make_trainer(tmp_path, items, 5).fit()
+    old = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    configs = json.loads(json.dumps(old.configs))
+    del configs["train"]["precision"]  # as written before TrainConfig.precision existed
+    trainer = make_trainer(tmp_path, items, 8)
+    model = trainer_model(old)
+    save_checkpoint(tmp_path / "checkpoint.safetensors", model=model[0], optimizer=model[1], step=old.step, configs=configs, extra=old.extra, rng_states=old.torch_rng_states)
+    assert trainer.fit(resume=True).step == 8
+    with pytest.raises(ValueError, match="configuration differs"):
+        make_trainer(tmp_path, items, 9, precision="bfloat16").fit(resume=True)
+
+
+def trainer_model(checkpoint):
+    from biounet.model.unet import UNet
+    from biounet.training.checkpoint import restore
+    from biounet.training.trainer import build_optimizer
+
+    model = UNet(MODEL)
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adam", learning_rate=3e-3))
+    restore(checkpoint, model=model, optimizer=optimizer, rank=0)
+    return model, optimizer

@@ -296,7 +296,14 @@ class Trainer:
 
 
 def _without_iterations(configs: dict) -> dict:
-    # a run may be resumed with more iterations; item i's tile does not depend on the total
+    # a run may be resumed with more iterations; item i's tile does not depend on the total.
+    # Sections pass through their config classes, so that a checkpoint written before a
+    # field existed compares with that field's default (new fields keep old behaviour).
+    configs = dict(configs)
+    sections = (("model", UNetConfig), ("train", TrainConfig), ("augment", AugmentConfig))
+    for name, section_type in sections:
+        if configs.get(name) is not None:
+            configs[name] = section_type.from_dict(configs[name]).to_dict()
     configs = json.loads(json.dumps(configs))  # tuples and lists compare alike
     configs["train"].pop("iterations", None)
     return configs
