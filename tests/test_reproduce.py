@@ -23,7 +23,6 @@ def tiny_preset(monkeypatch):
         return presets.RunConfig(model=model, train=train, augment=config.augment)
 
     monkeypatch.setattr(presets, "preset", tiny)
-    monkeypatch.setattr(reproduce, "CPU_SETTINGS", {})  # their tiles are too large for a test
 
 
 @pytest.mark.data
@@ -130,12 +129,3 @@ def test_config_file_changes_the_preset(tmp_path, rng, tiny_preset, capsys):
     error = capsys.readouterr().err
     assert "precison" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "r2").exists()
-
-
-def test_isbi_settings_are_valid_for_the_cpu_preset():
-    from biounet.geometry import config_output_shape
-    from biounet.training.presets import preset
-
-    config = preset("cpu").updated(reproduce.CPU_SETTINGS["isbi2012"])
-    assert config.train.tile_shape == (572, 572) and config.train.batch_size == 1
-    assert tuple(config_output_shape(config.model, config.train.tile_shape)) == (388, 388)

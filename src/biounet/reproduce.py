@@ -24,20 +24,6 @@ import numpy as np
 PAPER_TABLE_1 = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
 PAPER_TABLE_2 = {"PhC-C2DH-U373": 0.9203, "DIC-C2DH-HeLa": 0.7756}
 EXPERIMENTS = ("isbi2012", "dsb2018", "ctc")
-# What an experiment changes in the `cpu` preset (the `paper` preset runs as it is). ISBI
-# 2012: the paper's large tiles with batch 1 (Sec. 3), which supervise 388^2 output pixels
-# a step against 2 x 196^2 for 380^2 tiles, and bfloat16 products; on this project's
-# machine that is 2.6x the supervised pixels per second of the preset (README, Results).
-CPU_SETTINGS = {
-    "isbi2012": {
-        "train": {
-            "iterations": 8000,
-            "tile_shape": [572, 572],
-            "batch_size": 1,
-            "precision": "bfloat16",
-        }
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -128,8 +114,7 @@ def run_experiment(
     With `tta` the test images are predicted as the paper's ISBI submission was, averaged
     over rotated and flipped versions of the input (Sec. 4: "averaged over 7 rotated
     versions"; here the 8 symmetries of the square, identity included). `overrides`
-    ({"model": {...}, "train": {...}, "augment": {...}}) change the preset's fields, after
-    the experiment's own `CPU_SETTINGS` for the `cpu` preset.
+    ({"model": {...}, "train": {...}, "augment": {...}}) change the preset's fields.
     """
     from biounet.data.dataset import training_images
     from biounet.evaluation import evaluate
@@ -141,10 +126,7 @@ def run_experiment(
 
     out = Path(out)
     metric = "rand" if experiment == "isbi2012" else "ap50"
-    config = preset(preset_name)
-    if preset_name == "cpu":
-        config = config.updated(CPU_SETTINGS.get(experiment, {}))
-    config = config.updated(overrides or {})
+    config = preset(preset_name).updated(overrides or {})
     config = replace_train(config, iterations=iterations, validation_metric=metric)
     kwargs = {"model_config": config.model, "train_config": config.train}
     train, val = training_images(split.train, **kwargs), training_images(split.val, **kwargs)
