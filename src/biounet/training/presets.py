@@ -109,8 +109,8 @@ def preset(name: str) -> RunConfig:
                 lr_schedule="cosine",
                 validate_every=100,
                 checkpoint_every=100,
-                # on 2 cores a loader process steals from the step's threads: make bench
-                # measured +18% per step with 1 worker, +3% preparing tiles in-process
+                # on 2 cores a loader process steals from the step's threads: bench_train
+                # measured +16% per step with 1 worker, +6-7% preparing tiles in-process
                 workers=0,
             ),
             augment=AugmentConfig(),
