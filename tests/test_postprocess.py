@@ -5,7 +5,11 @@ import pytest
 from scipy import ndimage
 
 from biounet.metrics.overlap import contingency_table
-from biounet.postprocess import PostprocessConfig, probabilities_to_labels
+from biounet.postprocess import (
+    PostprocessConfig,
+    instances_from_probabilities,
+    probabilities_to_labels,
+)
 
 
 def _ball(shape, centre, radius) -> np.ndarray:
@@ -205,6 +209,7 @@ def test_errors_name_the_parameter():
         ({"seed_threshold": 1.0}, "seed_threshold"),
         ({"seeds": "probability", "seed_threshold": 0.4}, "seed_threshold"),
         ({"connectivity": 4}, "connectivity"),
+        ({"interior_threshold": 0.0}, "interior_threshold"),
     ],
 )
 def test_config_validation_names_the_field(options, name):
@@ -219,3 +224,67 @@ def test_config_rejects_a_fractional_min_size():
 
 def test_a_high_threshold_needs_no_seed_threshold_with_distance_seeds():
     assert PostprocessConfig(threshold=0.95).seed_threshold == 0.9
+
+
+def two_touching_squares():
+    """A 10x20 foreground rectangle made of two 10x10 cells: no neck for distance seeds."""
+    labels = np.zeros((14, 24), np.int32)
+    labels[2:12, 2:12], labels[2:12, 12:22] = 1, 2
+    return labels
+
+
+def three_class_probabilities(labels):
+    """Confident softmax output of a background / interior / boundary network."""
+    from biounet.weights import boundary_classes
+
+    classes = boundary_classes(labels)
+    return np.stack([classes == k for k in range(3)]).astype(np.float32)
+
+
+def test_interior_seeds_split_cells_whose_union_has_no_neck():
+    labels = two_touching_squares()
+    probabilities = three_class_probabilities(labels)
+    # the foreground alone is one rectangle: distance seeds find one object in it
+    assert probabilities_to_labels(1.0 - probabilities[0]).max() == 1
+    instances = instances_from_probabilities(probabilities, boundary_class=True)
+    table, _, _ = contingency_table(labels.ravel(), instances.ravel())
+    assert instances.max() == 2
+    assert table.toarray()[1:, 1:].max(axis=1).tolist() == [100, 100]  # every pixel back
+
+
+def test_interior_seeds_touching_at_a_corner_stay_two_objects():
+    interior = np.zeros((6, 6), np.float32)
+    interior[1:3, 1:3] = interior[3:5, 3:5] = 1.0
+    foreground = np.zeros((6, 6), np.float32)
+    foreground[1:5, 1:5] = 1.0
+    config = PostprocessConfig(seeds="interior", min_size=1)
+    labels = probabilities_to_labels(foreground, config=config, interior=interior)
+    assert labels[1, 1] != labels[4, 4] and labels.max() == 2
+
+
+def test_two_class_output_keeps_the_foreground_post_processing(rng):
+    foreground = ndimage.gaussian_filter(rng.random((40, 40)), 2).astype(np.float32)
+    foreground = (foreground - foreground.min()) / np.ptp(foreground)
+    probabilities = np.stack([1.0 - foreground, foreground])
+    np.testing.assert_array_equal(
+        instances_from_probabilities(probabilities),
+        probabilities_to_labels(np.clip(1.0 - probabilities[0], 0, 1)),
+    )
+
+
+def test_interior_seeds_need_the_interior_map_and_vice_versa():
+    foreground = np.ones((8, 8), np.float32)
+    with pytest.raises(ValueError, match="interior must be given exactly when"):
+        probabilities_to_labels(foreground, config=PostprocessConfig(seeds="interior"))
+    with pytest.raises(ValueError, match="interior must be given exactly when"):
+        probabilities_to_labels(foreground, interior=foreground)
+    with pytest.raises(ValueError, match="interior must have the shape"):
+        probabilities_to_labels(
+            foreground, config=PostprocessConfig(seeds="interior"), interior=foreground[:4]
+        )
+    with pytest.raises(ValueError, match="interior must lie in"):
+        probabilities_to_labels(
+            foreground, config=PostprocessConfig(seeds="interior"), interior=foreground * 2
+        )
+    with pytest.raises(ValueError, match="boundary_class needs \\(3, ...\\) probabilities"):
+        instances_from_probabilities(np.ones((2, 8, 8), np.float32), boundary_class=True)

@@ -129,3 +129,30 @@ def test_config_file_changes_the_preset(tmp_path, rng, tiny_preset, capsys):
     error = capsys.readouterr().err
     assert "precison" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "r2").exists()
+
+
+def test_boundary_class_run_scores_instances_seeded_by_the_interior(tmp_path, rng, tiny_preset):
+    from biounet.config import TrainConfig
+    from biounet.data.dataset import training_images
+    from biounet.evaluation import evaluate
+    from biounet.inference.predict import predict_tiled
+    from biounet.postprocess import instances_from_probabilities
+    from biounet.weightfile import load_model
+
+    write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
+    split = reproduce.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
+    overrides = {"model": {"n_classes": 3}, "train": {"boundary_class": True}}
+    results = reproduce.run_experiment(
+        "ctc", split, tmp_path / "run", iterations=4, progress=False, tta=False,
+        overrides=overrides,
+    )
+    assert results["config"]["train"]["boundary_class"] is True
+    model = load_model(tmp_path / "run" / "train" / "best.safetensors")
+    assert model.config.n_classes == 3
+    items = training_images(split.test, model_config=model.config, train_config=TrainConfig(boundary_class=True))
+    predictions = [
+        (item.name, item.labels, instances_from_probabilities(predict_tiled(model, item.image), boundary_class=True))
+        for item in items
+    ]
+    expected = evaluate(predictions, metrics="ctc,instance").overall
+    assert {key: results["overall"][key] for key in expected} == expected

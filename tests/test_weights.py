@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
-from biounet.weights import border_weight_map, class_weight_map, weight_map
+from biounet.weights import (
+    balanced_class_map,
+    border_weight_map,
+    boundary_classes,
+    class_weight_map,
+    weight_map,
+)
 
 
 def reference_weight_map(labels, *, w0=10.0, sigma=5.0, class_weights="balanced", spacing=1.0):
@@ -315,3 +321,45 @@ def test_touching_cells_are_separated_in_the_training_target():
     plain = make_training_image("pair", image, labels, model_config=UNetConfig(),
                                 train_config=TrainConfig(separate_touching=False))
     np.testing.assert_array_equal(plain.target, labels > 0)
+
+
+def boundary_classes_reference(labels):
+    """Pixel by pixel: a cell pixel is boundary if a face neighbour inside the image differs."""
+    classes = (labels > 0).astype(np.int64)
+    for index in np.ndindex(labels.shape):
+        if labels[index] == 0:
+            continue
+        for axis in range(labels.ndim):
+            for step in (-1, 1):
+                neighbour = list(index)
+                neighbour[axis] += step
+                if 0 <= neighbour[axis] < labels.shape[axis] and labels[tuple(neighbour)] != labels[index]:
+                    classes[index] = 2
+    return classes
+
+
+@pytest.mark.parametrize("shape", [(23, 31), (7, 9, 11)])
+def test_boundary_classes_match_reference(shape, rng):
+    labels = ndimage.zoom(rng.integers(0, 5, (4,) * len(shape)), [s / 4 for s in shape], order=0)
+    labels = labels[tuple(slice(0, s) for s in shape)].astype(np.int32)
+    np.testing.assert_array_equal(boundary_classes(labels), boundary_classes_reference(labels))
+
+
+def test_touching_cells_get_two_boundary_pixels_between_their_interiors():
+    labels = np.zeros((12, 12), np.int32)
+    labels[2:10, 2:6], labels[2:10, 6:10] = 1, 2
+    classes = boundary_classes(labels)
+    assert classes[5].tolist() == [0, 0, 2, 1, 1, 2, 2, 1, 1, 2, 0, 0]
+    # a cell cut by the image edge has no boundary there
+    assert boundary_classes(np.ones((3, 3), np.int32)).tolist() == [[1] * 3] * 3
+
+
+def test_balanced_class_map_gives_every_present_class_the_same_total(rng):
+    classes = rng.choice(3, size=(40, 50), p=[0.7, 0.25, 0.05])
+    weights = balanced_class_map(classes)
+    totals = [weights[classes == k].sum() for k in range(3)]
+    np.testing.assert_allclose(totals, classes.size / 3, rtol=1e-5)
+    assert weights.mean() == pytest.approx(1.0)
+    assert balanced_class_map(np.array([2, 2, 0])).tolist() == pytest.approx([0.75, 0.75, 1.5])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        balanced_class_map(np.array([0.5]))

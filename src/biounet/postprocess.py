@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 from skimage import measure, morphology, segmentation
 
-SEED_METHODS = ("distance", "probability")
+SEED_METHODS = ("distance", "probability", "interior")
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,17 @@ class PostprocessConfig:
         fill_holes: fill background fully enclosed by foreground before splitting.
         watershed: split touching objects with a seeded watershed; if False, every
             connected component is one object.
-        seeds: "distance" (h-maxima of the distance transform) or "probability"
-            (connected regions above `seed_threshold`).
+        seeds: "distance" (h-maxima of the distance transform), "probability"
+            (connected regions above `seed_threshold`) or "interior" (connected regions
+            where the interior probability of a three-class network, passed as
+            `interior`, exceeds `interior_threshold`; see `TrainConfig.boundary_class`).
         min_seed_prominence_px: for "distance" seeds, how far (px) a maximum of the smoothed
             distance must rise above the saddle to a higher one to seed its own object;
             larger merges more.
         distance_sigma_px: Gaussian smoothing of the distance transform before its maxima
             are taken; it removes spurious maxima of ragged outlines.
         seed_threshold: for "probability" seeds, the probability seeds must exceed.
+        interior_threshold: for "interior" seeds, the interior probability seeds must exceed.
         connectivity: neighbourhood of objects: 1 = faces only (4 in 2-D, 6 in 3-D), up to
             ndim = all neighbours (8 / 26). Holes use the complementary neighbourhood.
     """
@@ -64,6 +67,7 @@ class PostprocessConfig:
     min_seed_prominence_px: float = 1.5
     distance_sigma_px: float = 1.0
     seed_threshold: float = 0.9
+    interior_threshold: float = 0.5
     connectivity: int = 1
 
     def __post_init__(self) -> None:
@@ -83,6 +87,10 @@ class PostprocessConfig:
             raise ValueError(f"distance_sigma_px must be >= 0, got {self.distance_sigma_px}")
         if not 0.0 < self.seed_threshold < 1.0:
             raise ValueError(f"seed_threshold must lie in (0, 1), got {self.seed_threshold}")
+        if not 0.0 < self.interior_threshold < 1.0:
+            raise ValueError(
+                f"interior_threshold must lie in (0, 1), got {self.interior_threshold}"
+            )
         if self.seeds == "probability" and self.seed_threshold <= self.threshold:
             raise ValueError(
                 f"seed_threshold must exceed threshold={self.threshold} for probability "
@@ -93,7 +101,10 @@ class PostprocessConfig:
 
 
 def probabilities_to_labels(
-    foreground: ArrayLike, *, config: PostprocessConfig | None = None
+    foreground: ArrayLike,
+    *,
+    config: PostprocessConfig | None = None,
+    interior: ArrayLike | None = None,
 ) -> np.ndarray:
     """Turn a foreground probability map into an instance label image.
 
@@ -104,6 +115,8 @@ def probabilities_to_labels(
         foreground: (Y, X) or (Z, Y, X) float probabilities in [0, 1], e.g. the softmax
             channel of the foreground class.
         config: the options; `PostprocessConfig()` (the defaults) if None.
+        interior: for ``config.seeds == "interior"`` only: the interior probabilities of
+            a three-class network, of the shape of `foreground`.
 
     Returns:
         int32 labels of the same shape: 0 = background, objects numbered 1..n.
@@ -122,42 +135,90 @@ def probabilities_to_labels(
     """
     config = PostprocessConfig() if config is None else config
     foreground = _check_foreground(foreground, config)
+    if (interior is None) != (config.seeds != "interior"):
+        raise ValueError(
+            "interior must be given exactly when config.seeds is 'interior', got "
+            f"seeds={config.seeds!r} and interior {'given' if interior is not None else None}"
+        )
+    if interior is not None:
+        interior = _check_foreground(interior, config, name="interior")
+        if interior.shape != foreground.shape:
+            raise ValueError(
+                f"interior must have the shape of foreground {foreground.shape}, "
+                f"got {interior.shape}"
+            )
     mask = foreground > config.threshold
     if config.fill_holes:
         mask = _fill_holes(mask, config.connectivity)
     components = measure.label(mask, connectivity=config.connectivity)
     components = _remove_small_objects(components, config.min_size)
     if config.watershed and components.any():
-        labels = _split_touching_objects(foreground, components, config)
+        labels = _split_touching_objects(foreground, components, config, interior)
     else:
         labels = components
     return _relabel_consecutive(labels)
 
 
-def _check_foreground(foreground: ArrayLike, config: PostprocessConfig) -> np.ndarray:
+def instances_from_probabilities(
+    probabilities: ArrayLike,
+    *,
+    boundary_class: bool = False,
+    config: PostprocessConfig | None = None,
+) -> np.ndarray:
+    """Instance labels from a network's (K, *spatial) softmax output.
+
+    The foreground is 1 - P(background). With `boundary_class` (a network trained with
+    `TrainConfig.boundary_class`: background, interior, boundary) the watershed seeds
+    are the predicted interiors (``seeds="interior"``, the default config then);
+    otherwise `config` or the defaults apply to the foreground.
+
+    Example:
+        >>> p = np.zeros((3, 1, 7), np.float32); p[0] = 1
+        >>> p[:, 0, 1:6] = [[0, 0, 0, 0, 0], [0.1, 0.8, 0.2, 0.8, 0.1], [0.9, 0.2, 0.8, 0.2, 0.9]]
+        >>> instances_from_probabilities(
+        ...     p, boundary_class=True, config=PostprocessConfig(seeds="interior", min_size=1)
+        ... ).tolist()
+        [[0, 1, 1, 1, 2, 2, 0]]
+    """
+    probabilities = np.asarray(probabilities)
+    foreground = np.clip(1.0 - probabilities[0], 0.0, 1.0)
+    if not boundary_class:
+        return probabilities_to_labels(foreground, config=config)
+    if probabilities.shape[0] != 3:
+        raise ValueError(
+            f"boundary_class needs (3, ...) probabilities (background, interior, boundary), "
+            f"got shape {probabilities.shape}"
+        )
+    config = PostprocessConfig(seeds="interior") if config is None else config
+    return probabilities_to_labels(foreground, config=config, interior=probabilities[1])
+
+
+def _check_foreground(
+    foreground: ArrayLike, config: PostprocessConfig, name: str = "foreground"
+) -> np.ndarray:
     array = np.asarray(foreground)
     if array.dtype.kind != "f":
         raise TypeError(
-            f"foreground must be floating-point probabilities in [0, 1], got dtype "
+            f"{name} must be floating-point probabilities in [0, 1], got dtype "
             f"{array.dtype}; scale integer images, e.g. image / 255"
         )
     if array.ndim not in (2, 3):
         raise ValueError(
-            f"foreground must be (Y, X) or (Z, Y, X), got shape {array.shape}; "
+            f"{name} must be (Y, X) or (Z, Y, X), got shape {array.shape}; "
             f"select the foreground channel of (C, ...) probabilities first"
         )
     if config.connectivity > array.ndim:
         raise ValueError(
-            f"config.connectivity must be <= foreground.ndim={array.ndim}, "
+            f"config.connectivity must be <= {name}.ndim={array.ndim}, "
             f"got {config.connectivity}"
         )
     if np.isnan(array).any():
-        raise ValueError("foreground must not contain NaN, got NaN values")
+        raise ValueError(f"{name} must not contain NaN, got NaN values")
     # Rounding (1 - p, averaged tiles) may step a few float32 ulps outside [0, 1].
     tolerance = 1e-4
     if array.size and not (array.min() >= -tolerance and array.max() <= 1.0 + tolerance):
         raise ValueError(
-            f"foreground must lie in [0, 1], got range [{array.min()}, {array.max()}]"
+            f"{name} must lie in [0, 1], got range [{array.min()}, {array.max()}]"
         )
     return array
 
@@ -189,17 +250,26 @@ def _remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def _split_touching_objects(
-    foreground: np.ndarray, components: np.ndarray, config: PostprocessConfig
+    foreground: np.ndarray,
+    components: np.ndarray,
+    config: PostprocessConfig,
+    interior: np.ndarray | None = None,
 ) -> np.ndarray:
     mask = components > 0
+    # All neighbours for seeds, so a maximum plateau touching diagonally stays one seed;
+    # interiors of touching cells may meet at a corner, so those keep the objects' own.
+    seed_connectivity = mask.ndim
     if config.seeds == "distance":
         distance, is_seed = _distance_seeds(components, config)
         landscape = -distance
+    elif config.seeds == "interior":
+        landscape = -interior
+        is_seed = interior > config.interior_threshold
+        seed_connectivity = config.connectivity
     else:
         landscape = -foreground
         is_seed = foreground > config.seed_threshold
-    # All neighbours for seeds, so a maximum plateau touching diagonally stays one seed.
-    markers = measure.label(is_seed & mask, connectivity=mask.ndim)
+    markers = measure.label(is_seed & mask, connectivity=seed_connectivity)
     labels = segmentation.watershed(
         landscape, markers, mask=mask, connectivity=config.connectivity
     )

@@ -145,7 +145,10 @@ def run_experiment(
     train_seconds = time.perf_counter() - started
     model = load_model(out / "train" / "best.safetensors")
     predict = predict_tta if tta else predict_tiled
-    predictions = [(item.name, item.labels, predict(model, item.image)[1]) for item in test]
+    predictions = [
+        (item.name, item.labels, _prediction(predict(model, item.image), config.train))
+        for item in test
+    ]
     groups = "isbi" if experiment == "isbi2012" else "ctc,instance"
     report = evaluate(predictions, metrics=groups)
     if experiment == "ctc":
@@ -173,6 +176,15 @@ def run_experiment(
     with atomic_path(out / "results.json") as temporary:
         temporary.write_text(json.dumps(results, indent=2, default=float))
     return results
+
+
+def _prediction(probabilities: np.ndarray, train_config) -> np.ndarray:
+    """What `evaluate` scores: the foreground map, or instances from a 3-class network."""
+    if train_config.boundary_class:
+        from biounet.postprocess import instances_from_probabilities
+
+        return instances_from_probabilities(probabilities, boundary_class=True)
+    return probabilities[1]
 
 
 def _foreground_iou(predictions: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> float:

@@ -106,6 +106,51 @@ def class_weight_map(labels: np.ndarray, *, class_weights: ClassWeights = "balan
     return _class_weight_map(labels, _check_class_weights(class_weights))
 
 
+def boundary_classes(labels: np.ndarray) -> np.ndarray:
+    """Return the three-class target of instance labels: 0 background, 1 interior, 2 boundary.
+
+    A boundary pixel is a cell pixel with a face neighbour (4 in 2-D, 6 in 3-D) of another
+    value, background or a different cell; the image edge is no boundary, since the cell
+    may go on beyond it. Two touching cells so get two boundary pixels between their
+    interiors, which is what lets interior seeds split them (`TrainConfig.boundary_class`).
+
+    Example:
+        >>> boundary_classes(np.array([[1, 1, 1, 2, 2, 0]]))
+        array([[1, 1, 2, 2, 2, 0]])
+
+    Raises:
+        TypeError: if `labels` is not an integer array.
+        ValueError: for a bad shape or negative ids.
+    """
+    labels = _check_labels(labels)
+    faces = ndimage.generate_binary_structure(labels.ndim, 1)
+    highest = ndimage.maximum_filter(labels, footprint=faces, mode="nearest")
+    lowest = ndimage.minimum_filter(labels, footprint=faces, mode="nearest")
+    is_cell = labels > 0
+    classes = is_cell.astype(np.int64)
+    classes[is_cell & ((highest != labels) | (lowest != labels))] = 2
+    return classes
+
+
+def balanced_class_map(classes: np.ndarray) -> np.ndarray:
+    """Return the weight n / (k * n_c) of each pixel's class c (k classes present, n pixels).
+
+    `class_weight_map`'s "balanced" for any number of classes: the map averages to 1.
+
+    Example:
+        >>> balanced_class_map(np.array([0, 0, 1, 2]))
+        array([0.6666667, 0.6666667, 1.3333334, 1.3333334], dtype=float32)
+    """
+    classes = np.asarray(classes)
+    if classes.dtype.kind not in "iu" or (classes.size and classes.min() < 0):
+        raise ValueError("classes must be non-negative integers")
+    counts = np.bincount(classes.ravel())
+    n_present = int(np.count_nonzero(counts))
+    weights = np.zeros(counts.shape, dtype=np.float64)
+    weights[counts > 0] = classes.size / (n_present * counts[counts > 0])
+    return weights[classes].astype(np.float32)
+
+
 def touching_borders(labels: np.ndarray, *, connectivity: int = 1) -> np.ndarray:
     """Return the cell pixels that touch a different cell: the separation border.
 

@@ -84,3 +84,30 @@ def test_3d_tiles_of_an_anisotropic_network(rng):
     with pytest.raises(ValueError, match="augment_config.ndim is 2 but the network is 3-D"):
         TileDataset([item], model_config=model, tile_shape=(28, 44, 48), length=1,
                     augment_config=AugmentConfig())
+
+
+def test_boundary_class_target_and_weights(rng):
+    from biounet.weights import balanced_class_map, border_weight_map, boundary_classes
+
+    labels = cells((60, 50), rng)
+    image = rng.normal(0, 1, (1, 60, 50)).astype(np.float32)
+    config = TrainConfig(boundary_class=True)
+    item = make_training_image("b", image, labels, model_config=UNetConfig(n_classes=3), train_config=config)
+    np.testing.assert_array_equal(item.target, boundary_classes(labels))
+    assert set(np.unique(item.target)) == {0, 1, 2}
+    expected = balanced_class_map(item.target) + border_weight_map(labels)
+    np.testing.assert_allclose(item.weights, expected, rtol=1e-6)
+    np.testing.assert_array_equal(item.labels, labels)  # kept for validation
+    unweighted = make_training_image(
+        "b", image, labels, model_config=UNetConfig(n_classes=3),
+        train_config=TrainConfig(boundary_class=True, class_weights=None, w0=0.0),
+    )
+    assert np.all(unweighted.weights == 1.0)
+
+
+def test_boundary_class_needs_three_classes(rng):
+    labels = cells((30, 30), rng)
+    with pytest.raises(ValueError, match="train.boundary_class needs a 3-class network.*model.n_classes is 2"):
+        make_training_image("b", np.zeros((1, 30, 30), np.float32), labels, model_config=UNetConfig(), train_config=TrainConfig(boundary_class=True))
+    with pytest.raises(TypeError, match="boundary_class must be true or false"):
+        TrainConfig(boundary_class=1)

@@ -241,3 +241,40 @@ def trainer_model(checkpoint):
     optimizer = build_optimizer(model, TrainConfig(optimizer="adam", learning_rate=3e-3))
     restore(checkpoint, model=model, optimizer=optimizer, rank=0)
     return model, optimizer
+
+
+def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_path, rng, monkeypatch):
+    import biounet.training.trainer as trainer_module
+
+    model = UNetConfig(depth=2, base_channels=4, n_classes=3)
+    config = TrainConfig(boundary_class=True)
+    items = []
+    for index in range(3):
+        labels = np.zeros((64, 64), np.int32)
+        for cell, (y, x) in enumerate(((16, 16), (16, 28), (44, 40)), start=1):  # two touch
+            labels[y - 6 : y + 6, x - 6 : x + 6] = cell
+        image = np.where(labels > 0, 1.0, 0.0)[None] + rng.normal(0, 0.3, (1, 64, 64))
+        items.append(make_training_image(f"b{index}", image.astype(np.float32), labels, model_config=model, train_config=config))
+    seen = []
+    original = trainer_module.ap50_score
+
+    def spy(probabilities, item, **options):
+        seen.append((probabilities.shape[0], options))
+        return original(probabilities, item, **options)
+
+    monkeypatch.setitem(trainer_module.SCORES, "ap50", spy)
+    monkeypatch.setattr(trainer_module, "ap50_score", spy)
+    trainer = Trainer(
+        model_config=model,
+        train_config=TrainConfig(iterations=200, tile_shape=(60, 60), batch_size=2, optimizer="adam", learning_rate=3e-3, validate_every=50, checkpoint_every=50, workers=0, seed=7, boundary_class=True, validation_metric="ap50"),
+        augment_config=None,
+        train_images=items[:-1],
+        val_images=items[-1:],
+        run_dir=tmp_path,
+        progress=False,
+    )
+    result = trainer.fit()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert float(rows[-1]["loss"]) < 0.7 * float(rows[0]["loss"])
+    assert result.best_score > 0  # objects found and matched through interior seeds
+    assert seen and all(entry == (3, {"boundary_class": True}) for entry in seen)

@@ -19,7 +19,13 @@ from biounet.config import TrainConfig, UNetConfig
 from biounet.data.normalize import normalize_percentile, normalize_zscore
 from biounet.geometry import config_output_shape
 from biounet.inference.tiling import read_window
-from biounet.weights import touching_borders, weight_map
+from biounet.weights import (
+    balanced_class_map,
+    border_weight_map,
+    boundary_classes,
+    touching_borders,
+    weight_map,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +86,8 @@ def make_training_image(
             f"training image {name} contains NaN or infinite pixels; replace them (e.g. by "
             "the image's median) before training"
         )
+    if train_config.boundary_class:
+        return _boundary_training_image(name, image, labels, model_config, train_config)
     separated = labels
     if model_config.n_classes == 2:
         if train_config.separate_touching:
@@ -98,6 +106,38 @@ def make_training_image(
         sigma=train_config.sigma_px,
         class_weights=train_config.class_weights,
     )
+    return TrainingImage(
+        name=name,
+        image=normalize(image.astype(np.float32), train_config.normalization),
+        target=target,
+        weights=weights.astype(np.float32),
+        labels=labels.astype(np.int32),
+    )
+
+
+def _boundary_training_image(
+    name: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    model_config: UNetConfig,
+    train_config: TrainConfig,
+) -> TrainingImage:
+    """The three-class variant of `make_training_image` (`TrainConfig.boundary_class`).
+
+    w(x) = class balance over the three classes + the border term of eq. 2, which stays
+    on the background gaps between nearby cells.
+    """
+    if model_config.n_classes != 3:
+        raise ValueError(
+            f"train.boundary_class needs a 3-class network (background, interior, "
+            f"boundary); model.n_classes is {model_config.n_classes}"
+        )
+    target = boundary_classes(labels)
+    if train_config.class_weights == "balanced":
+        weights = balanced_class_map(target)
+    else:
+        weights = np.ones(labels.shape, dtype=np.float32)
+    weights = weights + border_weight_map(labels, w0=train_config.w0, sigma=train_config.sigma_px)
     return TrainingImage(
         name=name,
         image=normalize(image.astype(np.float32), train_config.normalization),

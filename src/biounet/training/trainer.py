@@ -8,6 +8,7 @@ A run folder holds everything: `config.json`, `metrics.csv`, `checkpoint.safeten
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -56,12 +57,18 @@ def rand_score(probabilities: np.ndarray, item: TrainingImage) -> float:
     return 1.0 - rand_error(item.labels, 1.0 - probabilities[0]).value
 
 
-def ap50_score(probabilities: np.ndarray, item: TrainingImage) -> float:
-    """Instance AP at IoU 0.5 after the default post-processing, for cells and nuclei."""
-    from biounet.metrics.matching import match_instances
-    from biounet.postprocess import probabilities_to_labels
+def ap50_score(
+    probabilities: np.ndarray, item: TrainingImage, *, boundary_class: bool = False
+) -> float:
+    """Instance AP at IoU 0.5 after the default post-processing, for cells and nuclei.
 
-    instances = probabilities_to_labels(1.0 - probabilities[0])
+    With `boundary_class` (a background / interior / boundary network) the predicted
+    interiors seed the watershed (`biounet.postprocess.instances_from_probabilities`).
+    """
+    from biounet.metrics.matching import match_instances
+    from biounet.postprocess import instances_from_probabilities
+
+    instances = instances_from_probabilities(probabilities, boundary_class=boundary_class)
     return match_instances(item.labels, instances, thresholds=(0.5,))[0].average_precision
 
 
@@ -132,7 +139,11 @@ class Trainer:
         self.train_images = list(train_images)
         self.val_images = list(val_images)
         self.run_dir = Path(run_dir)
-        self.score = score if score is not None else SCORES[train_config.validation_metric]
+        if score is None:
+            score = SCORES[train_config.validation_metric]
+            if score is ap50_score and train_config.boundary_class:
+                score = functools.partial(ap50_score, boundary_class=True)
+        self.score = score
         self.progress = progress
         self._stop_requested = False
         self.history: list[dict] = []
