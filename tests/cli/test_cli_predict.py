@@ -108,3 +108,54 @@ def test_refuses_to_overwrite_and_bad_model(model_file, tmp_path, capsys):
     bogus.write_text("nope")
     assert main(["predict", "--model", str(bogus), str(image), "--out", str(tmp_path / "p")]) == 2
     assert "not a readable safetensors" in capsys.readouterr().err
+
+
+def test_instances_follow_the_library_page_by_page(tiny_unet, model_file, tmp_path, rng, monkeypatch):
+    import biounet.postprocess as postprocess
+
+    calls = []
+    original = postprocess.instances_from_probabilities
+
+    def spy(probabilities, **options):
+        calls.append(options)
+        return original(probabilities, **options)
+
+    monkeypatch.setattr(postprocess, "instances_from_probabilities", spy)
+    stack = rng.integers(0, 4000, (2, 40, 50), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_file), str(tmp_path / "stack.tif"), "--out", str(out), "--instances", "--quiet"]) == 0
+    instances = tifffile.imread(out / "stack_instances.tif")
+    assert instances.shape == (2, 40, 50) and instances.dtype == np.uint16
+    for page in range(2):
+        probabilities = predict_tiled(tiny_unet, normalize_percentile(stack[page].astype(np.float32)))
+        np.testing.assert_array_equal(instances[page], original(probabilities))
+    assert calls == [{"boundary_class": False}] * 2
+
+
+def test_instances_of_a_boundary_class_model_are_seeded_by_its_interior(tmp_path, rng, monkeypatch):
+    import torch
+
+    import biounet.postprocess as postprocess
+    from biounet.config import UNetConfig
+    from biounet.model.unet import UNet
+
+    calls = []
+    original = postprocess.instances_from_probabilities
+    monkeypatch.setattr(postprocess, "instances_from_probabilities", lambda p, **options: calls.append(options) or original(p, **options))
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(depth=2, base_channels=4, n_classes=3)).eval()
+    Image.fromarray(rng.integers(0, 255, (40, 44), dtype=np.uint8)).save(tmp_path / "a.png")
+    for flag in ("true", "false"):
+        model_file = save_model(model, tmp_path / f"{flag}.safetensors", metadata={"boundary_class": flag})
+        assert main(["predict", "--model", str(model_file), str(tmp_path / "a.png"), "--out", str(tmp_path / flag), "--instances", "--quiet"]) == 0
+        expected = original(predict_tiled(model, normalize_percentile(np.asarray(Image.open(tmp_path / "a.png"), np.float32))), boundary_class=flag == "true")
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / flag / "a_instances.tif"), expected)
+    assert calls == [{"boundary_class": True}, {"boundary_class": False}]
+
+
+def test_instances_are_refused_with_zarr_output(model_file, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((40, 40), np.uint8))
+    code = main(["predict", "--model", str(model_file), str(tmp_path / "a.tif"), "--out", str(tmp_path / "o.zarr"), "--instances"])
+    assert code == 2
+    assert "--instances is not available with zarr output" in capsys.readouterr().err

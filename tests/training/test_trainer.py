@@ -278,3 +278,11 @@ def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_pat
     assert float(rows[-1]["loss"]) < 0.7 * float(rows[0]["loss"])
     assert result.best_score > 0  # objects found and matched through interior seeds
     assert seen and all(entry == (3, {"boundary_class": True}) for entry in seen)
+
+
+def test_weight_files_say_whether_the_classes_are_boundary_classes(tmp_path, rng):
+    from biounet.weightfile import read_metadata
+
+    make_trainer(tmp_path, synthetic_items(rng), 5, augment=None).fit()
+    for name in ("best.safetensors", "model.safetensors"):
+        assert read_metadata(tmp_path / name)["boundary_class"] == "false"

@@ -4,6 +4,9 @@ For every IMAGE (TIFF, multi-page TIFF stack, PNG) writes into --out:
   <name>_probability.tif   float32 foreground probability (1 - background)
   <name>_mask.tif          uint8 class map (argmax over classes)
   <name>_probabilities.tif float32 (C, ...) all classes, with --save-probabilities
+  <name>_instances.tif     uint16/uint32 object ids (0 = background), with --instances:
+                           the foreground post-processed (biounet.postprocess), seeded
+                           by the predicted interiors for a boundary-class network
 Files are written to a temporary name and renamed into place when complete.
 --tta averages the probabilities over the 8 flips/rotations of a 2-D image (the 8
 axis flips of a 3-D volume; Z is never rotated): 8 predictions, 8x the time.
@@ -78,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-probabilities", action="store_true", help="also write all class probabilities"
     )
+    parser.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write object ids: threshold, fill holes, split touching objects by "
+        "watershed (interior seeds when the model was trained with boundary_class)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -133,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, name="--out", is_folder=True)
     if not args.overwrite:
         for path in paths:
-            for target in _targets(out, path, args.save_probabilities):
+            for target in _targets(out, path, args).values():
                 if target.exists():
                     raise FileExistsError(
                         f"output {target} already exists; pass --overwrite to replace it"
@@ -150,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
         )
     for path in paths:
         predict_zarr.check_fits_in_memory(path, model.config)
+    boundary_class = _trained_with_boundary_class(args.model)
     for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
-        _predict_file(model, path, out, args)
+        _predict_file(model, path, out, args, boundary_class=boundary_class)
     return 0
 
 
@@ -179,16 +189,27 @@ def _check_unique_stems(paths: list[Path]) -> None:
         seen[path.stem] = path
 
 
-def _targets(out: Path, path: Path, with_probabilities: bool) -> list[Path]:
-    names = ["probability", "mask"] + (["probabilities"] if with_probabilities else [])
-    return [out / f"{path.stem}_{name}.tif" for name in names]
+def _targets(out: Path, path: Path, args: argparse.Namespace) -> dict[str, Path]:
+    names = ["probability", "mask"]
+    names += ["probabilities"] * args.save_probabilities + ["instances"] * args.instances
+    return {name: out / f"{path.stem}_{name}.tif" for name in names}
 
 
-def _predict_file(model, path: Path, out: Path, args: argparse.Namespace) -> None:
+def _trained_with_boundary_class(model_path: str) -> bool:
+    """Whether a biounet weight file says its classes are background / interior / boundary."""
+    from biounet.weightfile import read_metadata
+
+    return read_metadata(model_path).get("boundary_class") == "true"
+
+
+def _predict_file(
+    model, path: Path, out: Path, args: argparse.Namespace, *, boundary_class: bool = False
+) -> None:
     from biounet.data.io import read_image, write_tiff
     from biounet.data.prepare import prepare_page, split_pages
     from biounet.inference.predict import predict_tiled
     from biounet.inference.tta import predict_tta
+    from biounet.postprocess import instances_from_probabilities
 
     predict = predict_tta if args.tta else predict_tiled
     config = model.config
@@ -215,8 +236,21 @@ def _predict_file(model, path: Path, out: Path, args: argparse.Namespace) -> Non
     # class ids above 255 need 16 bits (UNetConfig allows up to 1024 classes)
     mask_dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
     mask = np.argmax(probabilities, axis=0).astype(mask_dtype)
-    targets = _targets(out, path, args.save_probabilities)
-    write_tiff(targets[0], foreground.astype(np.float32))
-    write_tiff(targets[1], mask)
+    targets = _targets(out, path, args)
+    write_tiff(targets["probability"], foreground.astype(np.float32))
+    write_tiff(targets["mask"], mask)
     if args.save_probabilities:
-        write_tiff(targets[2], probabilities)
+        write_tiff(targets["probabilities"], probabilities)
+    if args.instances:
+        # pages of a 2-D network are separate images: objects are found page by page
+        per_page = probabilities.ndim == config.ndim + 2
+        pages_first = np.moveaxis(probabilities, 1, 0) if per_page else probabilities[None]
+        instances = np.stack(
+            [
+                instances_from_probabilities(one, boundary_class=boundary_class)
+                for one in pages_first
+            ]
+        )
+        instances = instances if per_page else instances[0]
+        dtype = np.uint16 if instances.max(initial=0) < 2**16 else np.uint32
+        write_tiff(targets["instances"], instances.astype(dtype))

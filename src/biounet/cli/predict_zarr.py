@@ -117,7 +117,7 @@ def _check_arguments(args: argparse.Namespace) -> str:
         )
     if args.memory_budget <= 0:
         raise ValueError(f"--memory-budget must be positive (GB), got {args.memory_budget}")
-    for flag in ("tta", "backend"):  # options of in-memory prediction only
+    for flag in ("tta", "backend", "instances"):  # options of in-memory prediction only
         value = getattr(args, flag, None)
         if value not in (None, False, "torch"):
             raise ValueError(f"--{flag} is not available with zarr output yet")

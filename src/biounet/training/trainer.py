@@ -303,7 +303,11 @@ class Trainer:
         )
 
     def _weight_metadata(self) -> dict[str, str]:
-        return {"normalization": self.config.normalization}
+        # what `biounet predict --instances` needs to read the classes right
+        return {
+            "normalization": self.config.normalization,
+            "boundary_class": "true" if self.config.boundary_class else "false",
+        }
 
 
 def _without_iterations(configs: dict) -> dict:
