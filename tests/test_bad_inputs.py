@@ -550,7 +550,7 @@ TRAIN_CASES = [
     case("train/NaN pixels",
          lambda w: w.train(data=w.pairs(replace={"images/01.tif": np.full((64, 64), np.nan,
                                                                      np.float32)})),
-         r"\b01(\.tif)? .*contains NaN or infinite"),
+         r"training image 01 \(\S*images/01\.tif\) contains NaN or infinite"),
     case("train/tile invalid for the network", lambda w: w.train("--tile-shape", "61", "60"),
          r"input size 61 on axis 0 is not valid for a depth-2 U-Net .*nearest valid sizes: 60 and 64"),
     case("train/zero tile", lambda w: w.train("--tile-shape", "0", "60"),

@@ -64,6 +64,7 @@ def make_training_image(
     *,
     model_config: UNetConfig,
     train_config: TrainConfig,
+    source: str = "",
 ) -> TrainingImage:
     """Normalise an image and derive its target classes and weight map from `labels`.
 
@@ -76,6 +77,7 @@ def make_training_image(
     Args:
         image: (C, *spatial) float32 image, channels as the network expects.
         labels: (*spatial) int32 instance ids (2 classes) or class ids.
+        source: the file the image came from, named in errors beside `name`.
     """
     if image.shape[1:] != labels.shape:
         raise ValueError(
@@ -83,8 +85,8 @@ def make_training_image(
         )
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise ValueError(
-            f"training image {name} contains NaN or infinite pixels; replace them (e.g. by "
-            "the image's median) before training"
+            f"training image {name}{f' ({source})' if source else ''} contains NaN or "
+            "infinite pixels; replace them (e.g. by the image's median) before training"
         )
     if train_config.boundary_class:
         return _boundary_training_image(name, image, labels, model_config, train_config)
@@ -283,6 +285,7 @@ def training_images(
                 sample.labels,
                 model_config=model_config,
                 train_config=train_config,
+                source=sample.source,
             )
         )
     return items

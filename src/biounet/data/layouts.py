@@ -57,11 +57,15 @@ _LAYOUT_HELP = (
 
 @dataclass(frozen=True, eq=False)
 class Sample:
-    """One annotated image: `image` as stored, `labels` (Y, X) or (Z, Y, X) int32 ids (0: none)."""
+    """One annotated image: `image` as stored, `labels` (Y, X) or (Z, Y, X) int32 ids (0: none).
+
+    `source` names the image file (and page) it was read from, for error messages.
+    """
 
     name: str
     image: np.ndarray
     labels: np.ndarray
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,7 @@ def _finish(name: str, image: np.ndarray, labels: np.ndarray, sources: tuple[str
                          f"{image_source} has shape {image.shape}")
     labels = convert_labels(labels, kind=rules.kind, allow_empty=rules.allow_empty,
                             name=f"labels {label_source}")
-    return Sample(name, image, labels)
+    return Sample(name, image, labels, source=image_source)
 
 
 def _load_pair(name: str, image_path: Path, label_path: Path, rules: _LabelRules) -> Sample:
