@@ -53,3 +53,30 @@ def test_missing_predictions_are_named(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "--gt must be a data set folder" in error and "labels_path" not in error
     assert len(error.splitlines()) == 1
+
+
+def test_post_processing_flags_shape_the_objects_of_probability_maps(tmp_path):
+    from biounet.evaluation import evaluate
+    from biounet.postprocess import PostprocessConfig
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    (gt / "images").mkdir(parents=True)
+    (gt / "labels").mkdir()
+    pred.mkdir()
+    labels = np.zeros((30, 30), np.uint16)
+    labels[4:14, 4:14], labels[17:20, 17:20] = 1, 2  # object 2 has 9 pixels
+    Image.fromarray(labels.astype(np.uint8)).save(gt / "images" / "a.png")
+    tifffile.imwrite(gt / "labels" / "a.tif", labels)
+    probability = np.where(labels > 0, 0.65, 0.1).astype(np.float32)
+    tifffile.imwrite(pred / "a_probability.tif", probability)
+    for flags, config in (
+        ([], PostprocessConfig()),
+        (["--min-size", "4"], PostprocessConfig(min_size=4)),
+        (["--threshold", "0.7"], PostprocessConfig(threshold=0.7)),
+    ):
+        out = tmp_path / f"r{len(flags)}{''.join(flags)}.json"
+        assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance", "--out", str(out), *flags]) == 0
+        expected = evaluate([("a", labels, probability)], metrics="instance", postprocess=config)
+        assert json.loads(out.read_text())["overall"] == pytest.approx(expected.overall)
+    recalls = [json.loads((tmp_path / name).read_text())["overall"]["recall_50"] for name in ("r0.json", "r2--min-size4.json", "r2--threshold0.7.json")]
+    assert recalls == [0.5, 1.0, 0.0]  # the flags did change the objects

@@ -130,7 +130,8 @@ def test_instances_follow_the_library_page_by_page(tiny_unet, model_file, tmp_pa
     for page in range(2):
         probabilities = predict_tiled(tiny_unet, normalize_percentile(stack[page].astype(np.float32)))
         np.testing.assert_array_equal(instances[page], original(probabilities))
-    assert calls == [{"boundary_class": False}] * 2
+    assert [options["boundary_class"] for options in calls] == [False, False]
+    assert calls[0]["config"].seeds == "distance"
 
 
 def test_instances_of_a_boundary_class_model_are_seeded_by_its_interior(tmp_path, rng, monkeypatch):
@@ -151,7 +152,8 @@ def test_instances_of_a_boundary_class_model_are_seeded_by_its_interior(tmp_path
         assert main(["predict", "--model", str(model_file), str(tmp_path / "a.png"), "--out", str(tmp_path / flag), "--instances", "--quiet"]) == 0
         expected = original(predict_tiled(model, normalize_percentile(np.asarray(Image.open(tmp_path / "a.png"), np.float32))), boundary_class=flag == "true")
         np.testing.assert_array_equal(tifffile.imread(tmp_path / flag / "a_instances.tif"), expected)
-    assert calls == [{"boundary_class": True}, {"boundary_class": False}]
+    assert [options["boundary_class"] for options in calls] == [True, False]
+    assert [options["config"].seeds for options in calls] == ["interior", "distance"]
 
 
 def test_instances_are_refused_with_zarr_output(model_file, tmp_path, capsys):
@@ -159,3 +161,37 @@ def test_instances_are_refused_with_zarr_output(model_file, tmp_path, capsys):
     code = main(["predict", "--model", str(model_file), str(tmp_path / "a.tif"), "--out", str(tmp_path / "o.zarr"), "--instances"])
     assert code == 2
     assert "--instances is not available with zarr output" in capsys.readouterr().err
+
+
+def test_post_processing_flags_of_instances(tiny_unet, model_file, tmp_path, rng, capsys):
+    from biounet.postprocess import PostprocessConfig, instances_from_probabilities
+
+    grey = rng.integers(0, 255, (50, 60), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "a.png")
+    common = ["predict", "--model", str(model_file), str(tmp_path / "a.png"), "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "o"), "--instances", "--threshold", "0.55", "--min-size", "3", "--no-watershed"]) == 0
+    probabilities = predict_tiled(tiny_unet, normalize_percentile(grey.astype(np.float32)))
+    config = PostprocessConfig(threshold=0.55, min_size=3, watershed=False)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o" / "a_instances.tif"), instances_from_probabilities(probabilities, config=config))
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "p"), "--threshold", "0.7"]) == 2
+    assert "--threshold shape the objects of --instances; add --instances" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "p"), "--instances", "--threshold", "1.5"]) == 2
+    assert "--threshold must lie in [0, 1), got 1.5" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "p"), "--instances", "--min-size", "-1"]) == 2
+    assert "--min-size must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_post_processing_help_names_the_library_defaults():
+    import argparse
+
+    from biounet.cli.postprocess_args import add_postprocess_arguments
+    from biounet.postprocess import PostprocessConfig
+
+    parser = argparse.ArgumentParser()
+    add_postprocess_arguments(parser, used_by="test")
+    helps = {action.dest: action.help for action in parser._actions}
+    defaults = PostprocessConfig()
+    assert f"(default: {defaults.threshold})" in helps["threshold"]
+    assert f"(default: {defaults.min_size})" in helps["min_size"]
+    assert defaults.watershed is True  # --no-watershed turns off what is on by default

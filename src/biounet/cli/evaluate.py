@@ -5,8 +5,10 @@ stack as one (Z, Y, X) volume: SEG and instance matching then work in 3-D, ISBI 
 slice by slice). For each
 ground-truth image NAME, --pred must hold NAME.tif/.png, NAME_probability.tif (from
 biounet predict), NAME_labels.tif or NAME_mask.tif. Float files are probability maps,
-integer files label images. Prints a table per image and overall; --out writes JSON
-and --csv the per-image rows; an existing file is replaced only with --overwrite.
+integer files label images; probability maps become instances by --threshold,
+--min-size and the watershed (`biounet.postprocess`). Prints a table per image and
+overall; --out writes JSON and --csv the per-image rows; an existing file is replaced
+only with --overwrite.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import io
 import json
 import math
 from pathlib import Path
+
+from biounet.cli.postprocess_args import add_postprocess_arguments, postprocess_config
 
 PREDICTION_SUFFIXES = ("", "_probability", "_labels", "_mask")
 
@@ -35,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the report as JSON here")
     parser.add_argument("--csv", help="write the per-image table as CSV here")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --out/--csv")
+    add_postprocess_arguments(parser, used_by="instances from probability maps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from biounet.evaluation import evaluate, parse_metric_groups
 
     groups = parse_metric_groups(args.metrics)
+    postprocess = postprocess_config(args)
     outputs = [_check_output(flag, value, args.overwrite)
                for flag, value in (("--out", args.out), ("--csv", args.csv)) if value]
     pred_folder = Path(args.pred)
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             prediction = read_image(files[sample.name], name="prediction")
             yield sample.name, sample.labels, prediction
 
-    report = evaluate(list(triples()), metrics=groups)
+    report = evaluate(list(triples()), metrics=groups, postprocess=postprocess)
     print(format_table(report))
     for flag, path in outputs:
         if flag == "--out":

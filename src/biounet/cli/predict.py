@@ -33,6 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from biounet.cli.postprocess_args import (
+    add_postprocess_arguments,
+    given_postprocess_flags,
+    postprocess_config,
+)
+
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -88,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "watershed (interior seeds when the model was trained with boundary_class)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_postprocess_arguments(parser, used_by="with --instances")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--tta",
@@ -130,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
     from biounet.cli import predict_zarr
     from biounet.data.io import check_input_file, check_output_path
 
+    if not args.instances and given_postprocess_flags(args):
+        raise ValueError(
+            f"{' '.join(given_postprocess_flags(args))} shape the objects of --instances; "
+            "add --instances"
+        )
     if predict_zarr.wants_zarr(args):
         return predict_zarr.run(args)
     predict_zarr.refuse_zarr_options(args)
@@ -160,8 +172,11 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         predict_zarr.check_fits_in_memory(path, model.config)
     boundary_class = _trained_with_boundary_class(args.model)
+    postprocess = postprocess_config(args, boundary_class=boundary_class)
     for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
-        _predict_file(model, path, out, args, boundary_class=boundary_class)
+        _predict_file(
+            model, path, out, args, boundary_class=boundary_class, postprocess=postprocess
+        )
     return 0
 
 
@@ -203,7 +218,13 @@ def _trained_with_boundary_class(model_path: str) -> bool:
 
 
 def _predict_file(
-    model, path: Path, out: Path, args: argparse.Namespace, *, boundary_class: bool = False
+    model,
+    path: Path,
+    out: Path,
+    args: argparse.Namespace,
+    *,
+    boundary_class: bool = False,
+    postprocess=None,
 ) -> None:
     from biounet.data.io import read_image, write_tiff
     from biounet.data.prepare import prepare_page, split_pages
@@ -247,7 +268,9 @@ def _predict_file(
         pages_first = np.moveaxis(probabilities, 1, 0) if per_page else probabilities[None]
         instances = np.stack(
             [
-                instances_from_probabilities(one, boundary_class=boundary_class)
+                instances_from_probabilities(
+                    one, boundary_class=boundary_class, config=postprocess
+                )
                 for one in pages_first
             ]
         )

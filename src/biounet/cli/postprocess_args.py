@@ -1,0 +1,62 @@
+"""Post-processing flags shared by `predict --instances` and `evaluate` of probability maps.
+
+The flags default to None, so that a command can tell which were given, and so that
+building the parser does not import scikit-image; the defaults named in the help are
+`PostprocessConfig`'s (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+FLAGS = ("threshold", "min_size", "no_watershed")
+
+
+def add_postprocess_arguments(parser: argparse.ArgumentParser, *, used_by: str) -> None:
+    """Add --threshold, --min-size and --no-watershed; `used_by` says when they apply."""
+    group = parser.add_argument_group(f"post-processing ({used_by})")
+    group.add_argument(
+        "--threshold",
+        type=float,
+        help="foreground probability above which a pixel belongs to an object (default: 0.5)",
+    )
+    group.add_argument(
+        "--min-size",
+        type=int,
+        metavar="PIXELS",
+        help="drop objects of fewer pixels (default: 16)",
+    )
+    group.add_argument(
+        "--no-watershed",
+        action="store_true",
+        default=None,
+        help="every connected component is one object: touching objects are not split",
+    )
+
+
+def given_postprocess_flags(args: argparse.Namespace) -> list[str]:
+    """The post-processing flags given on the command line, as typed."""
+    return [f"--{name.replace('_', '-')}" for name in FLAGS if getattr(args, name) is not None]
+
+
+def postprocess_config(args: argparse.Namespace, *, boundary_class: bool = False):
+    """The `PostprocessConfig` the flags ask for; interior seeds for a boundary-class model.
+
+    Raises:
+        ValueError: naming the flag, for a threshold outside [0, 1) or a negative size.
+    """
+    from biounet.postprocess import PostprocessConfig
+
+    defaults = PostprocessConfig()
+    threshold = defaults.threshold if args.threshold is None else args.threshold
+    min_size = defaults.min_size if args.min_size is None else args.min_size
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"--threshold must lie in [0, 1), got {threshold}")
+    if min_size < 0:
+        raise ValueError(f"--min-size must be >= 0, got {min_size}")
+    return PostprocessConfig(
+        threshold=threshold,
+        min_size=min_size,
+        watershed=not args.no_watershed,
+        seeds="interior" if boundary_class else defaults.seeds,
+    )
