@@ -80,3 +80,29 @@ def test_post_processing_flags_shape_the_objects_of_probability_maps(tmp_path):
         assert json.loads(out.read_text())["overall"] == pytest.approx(expected.overall)
     recalls = [json.loads((tmp_path / name).read_text())["overall"]["recall_50"] for name in ("r0.json", "r2--min-size4.json", "r2--threshold0.7.json")]
     assert recalls == [0.5, 1.0, 0.0]  # the flags did change the objects
+
+
+def test_instance_metrics_take_the_instances_file_and_isbi_the_map(tmp_path):
+    from biounet.evaluation import evaluate
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    (gt / "images").mkdir(parents=True)
+    (gt / "labels").mkdir()
+    pred.mkdir()
+    labels = np.zeros((30, 30), np.uint16)
+    labels[4:14, 4:14], labels[4:14, 14:24] = 1, 2  # touching: one object in the map
+    Image.fromarray(labels.astype(np.uint8)).save(gt / "images" / "a.png")
+    tifffile.imwrite(gt / "labels" / "a.tif", labels)
+    probability = np.where(labels > 0, 0.9, 0.1).astype(np.float32)
+    tifffile.imwrite(pred / "a_probability.tif", probability)
+    tifffile.imwrite(pred / "a_instances.tif", labels)
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    map_report = evaluate([("a", labels, probability)], metrics="isbi").overall
+    assert {key: report["overall"][key] for key in map_report} == pytest.approx(map_report)
+    assert report["overall"]["ap_50"] == 1.0 and report["overall"]["seg"] == 1.0
+    assert report["images"][0]["image"] == "a" and "rand_error" in report["images"][0] and "ap_50" in report["images"][0]
+    (pred / "a_instances.tif").unlink()
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text())["overall"]["ap_50"] < 1.0  # the map's objects instead

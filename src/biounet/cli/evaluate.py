@@ -2,13 +2,13 @@
 
 --gt is read like training data (pairs, stacks, DSB 2018, CTC layouts; --volume reads a
 stack as one (Z, Y, X) volume: SEG and instance matching then work in 3-D, ISBI errors
-slice by slice). For each
-ground-truth image NAME, --pred must hold NAME.tif/.png, NAME_probability.tif (from
-biounet predict), NAME_labels.tif or NAME_mask.tif. Float files are probability maps,
-integer files label images; probability maps become instances by --threshold,
---min-size and the watershed (`biounet.postprocess`). Prints a table per image and
-overall; --out writes JSON and --csv the per-image rows; an existing file is replaced
-only with --overwrite.
+slice by slice). For each ground-truth image NAME, --pred must hold NAME.tif/.png,
+NAME_probability.tif (from biounet predict), NAME_labels.tif or NAME_mask.tif; the
+instance metrics (ctc, instance) take NAME_instances.tif (predict --instances) before
+NAME_probability.tif. Float files are probability maps, integer files label images;
+probability maps become instances by --threshold, --min-size and the watershed
+(`biounet.postprocess`). Prints a table per image and overall; --out writes JSON and
+--csv the per-image rows; an existing file is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from pathlib import Path
 from biounet.cli.postprocess_args import add_postprocess_arguments, postprocess_config
 
 PREDICTION_SUFFIXES = ("", "_probability", "_labels", "_mask")
+# Object metrics prefer the objects `predict --instances` made (with the model's own
+# seeds) to post-processing the probability map again; ISBI errors need the map.
+INSTANCE_SUFFIXES = ("", "_instances", "_probability", "_labels", "_mask")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from biounet.data.layouts import open_dataset
-    from biounet.evaluation import evaluate, parse_metric_groups
+    from biounet.evaluation import parse_metric_groups
 
     groups = parse_metric_groups(args.metrics)
     postprocess = postprocess_config(args)
@@ -59,22 +62,8 @@ def run(args: argparse.Namespace) -> int:
             f"NAME-labels.tif, DSB 2018 or CTC layout), got the file {args.gt}"
         )
     samples = open_dataset(args.gt, layout=args.layout, allow_empty=True, volume=args.volume)
-    files = {name: _find_prediction(pred_folder, name) for name in samples.names}
-    missing = [name for name, path in files.items() if path is None]
-    if missing:
-        raise FileNotFoundError(
-            f"--pred {pred_folder} has no prediction for {len(missing)} ground-truth image(s): "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (looked for NAME"
-            f"{{{','.join(s for s in PREDICTION_SUFFIXES if s)}}}.tif/.png)"
-        )
-    from biounet.data.io import read_image
-
-    def triples():
-        for sample in samples:
-            prediction = read_image(files[sample.name], name="prediction")
-            yield sample.name, sample.labels, prediction
-
-    report = evaluate(list(triples()), metrics=groups, postprocess=postprocess)
+    passes = _prediction_passes(pred_folder, samples.names, groups)
+    report = _evaluate_passes(samples, passes, postprocess)
     print(format_table(report))
     for flag, path in outputs:
         if flag == "--out":
@@ -95,8 +84,59 @@ def _check_output(flag: str, value: str, overwrite: bool) -> tuple[str, Path]:
     return flag, path
 
 
-def _find_prediction(folder: Path, name: str) -> Path | None:
-    for suffix in PREDICTION_SUFFIXES:
+def _prediction_passes(folder: Path, names, groups) -> list[tuple[list[str], dict[str, Path]]]:
+    """Return (metric groups, {name: prediction file}) pairs; one when the files agree."""
+    passes: list[tuple[list[str], dict[str, Path]]] = []
+    for pass_groups, suffixes in (
+        ([group for group in groups if group == "isbi"], PREDICTION_SUFFIXES),
+        ([group for group in groups if group != "isbi"], INSTANCE_SUFFIXES),
+    ):
+        if not pass_groups:
+            continue
+        files = _find_predictions(folder, names, suffixes)
+        if passes and passes[-1][1] == files:
+            passes[-1][0].extend(pass_groups)
+        else:
+            passes.append((pass_groups, files))
+    return passes
+
+
+def _evaluate_passes(samples, passes, postprocess):
+    """Evaluate every pass and merge them into one report, row by row."""
+    from biounet.data.io import read_image
+    from biounet.evaluation import EvaluationReport, evaluate
+
+    report = EvaluationReport()
+    for pass_groups, files in passes:
+        triples = [
+            (sample.name, sample.labels, read_image(files[sample.name], name="prediction"))
+            for sample in samples
+        ]
+        part = evaluate(triples, metrics=pass_groups, postprocess=postprocess)
+        if not report.rows:
+            report.rows = part.rows
+        else:
+            for row, extra in zip(report.rows, part.rows):
+                row.update({key: value for key, value in extra.items() if key != "image"})
+        report.overall.update(part.overall)
+    return report
+
+
+def _find_predictions(folder: Path, names, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Return the prediction file of every ground-truth name, the first suffix found."""
+    files = {name: _find_prediction(folder, name, suffixes) for name in names}
+    missing = [name for name, path in files.items() if path is None]
+    if missing:
+        raise FileNotFoundError(
+            f"--pred {folder} has no prediction for {len(missing)} ground-truth image(s): "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (looked for NAME"
+            f"{{{','.join(s for s in suffixes if s)}}}.tif/.png)"
+        )
+    return files
+
+
+def _find_prediction(folder: Path, name: str, suffixes: tuple[str, ...]) -> Path | None:
+    for suffix in suffixes:
         for extension in (".tif", ".tiff", ".png"):
             path = folder / f"{name}{suffix}{extension}"
             if path.is_file():
