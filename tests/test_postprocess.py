@@ -288,3 +288,11 @@ def test_interior_seeds_need_the_interior_map_and_vice_versa():
         )
     with pytest.raises(ValueError, match="boundary_class needs \\(3, ...\\) probabilities"):
         instances_from_probabilities(np.ones((2, 8, 8), np.float32), boundary_class=True)
+    with pytest.raises(ValueError, match="config.seeds must be 'interior', got 'distance'"):
+        instances_from_probabilities(
+            np.ones((3, 8, 8), np.float32) / 3, boundary_class=True, config=PostprocessConfig(min_size=1)
+        )
+    with pytest.raises(TypeError, match="probabilities must be floating-point"):
+        instances_from_probabilities(np.ones((3, 8, 8), np.uint8), boundary_class=True)
+    with pytest.raises(ValueError, match="probabilities must be \\(K, Y, X\\)"):
+        instances_from_probabilities(np.ones(40, np.float32))

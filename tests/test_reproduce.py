@@ -141,15 +141,15 @@ def test_boundary_class_run_scores_instances_seeded_by_the_interior(tmp_path, rn
 
     write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
     split = reproduce.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
-    overrides = {"model": {"n_classes": 3}, "train": {"boundary_class": True}}
+    overrides = {"model": {"n_classes": 3, "boundary_class": True}}
     results = reproduce.run_experiment(
         "ctc", split, tmp_path / "run", iterations=4, progress=False, tta=False,
         overrides=overrides,
     )
-    assert results["config"]["train"]["boundary_class"] is True
+    assert results["config"]["model"]["boundary_class"] is True
     model = load_model(tmp_path / "run" / "train" / "best.safetensors")
-    assert model.config.n_classes == 3
-    items = training_images(split.test, model_config=model.config, train_config=TrainConfig(boundary_class=True))
+    assert model.config.n_classes == 3 and model.config.boundary_class
+    items = training_images(split.test, model_config=model.config, train_config=TrainConfig())
     predictions = [
         (item.name, item.labels, instances_from_probabilities(predict_tiled(model, item.image), boundary_class=True))
         for item in items

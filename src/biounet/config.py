@@ -95,6 +95,15 @@ class UNetConfig(_JsonConfig):
             up-convolves only Y and X ((1, 2, 2)); the convolutions stay 3x3x3 at every
             level. None (default): every level pools Z (isotropic). `biounet.geometry`
             knows the per-axis sizes this gives.
+        boundary_class: the three output classes are 0 background, 1 cell interior,
+            2 cell boundary (the pixels of a cell that face the background or another
+            cell), a target training derives from instance labels; needs
+            ``n_classes=3``. Post-processing then seeds the watershed with the predicted
+            interiors, to split touching cells that share a long contact, where a
+            one-pixel background gap is hard to predict. The "U-Net (3 class)" baseline
+            of Schmidt et al. 2018 (StarDist) and Caicedo et al. 2019, not part of the
+            2015 paper. Part of the config, so every weight file and export says how
+            its outputs are read.
 
     Example:
         >>> UNetConfig.from_json(UNetConfig(depth=3).to_json()) == UNetConfig(depth=3)
@@ -113,6 +122,7 @@ class UNetConfig(_JsonConfig):
     upsampling: str = "upconv"
     dropout: float = 0.5
     pool_z: tuple[bool, ...] | None = None
+    boundary_class: bool = False
 
     def __post_init__(self) -> None:
         _check_int("in_channels", self.in_channels, 1, MAX_CHANNELS)
@@ -137,6 +147,13 @@ class UNetConfig(_JsonConfig):
                 f"base_channels must be even for norm='group', got {self.base_channels}"
             )
         _check_pool_z(self.pool_z, ndim=self.ndim, depth=self.depth)
+        if not isinstance(self.boundary_class, bool):
+            raise TypeError(f"boundary_class must be true or false, got {self.boundary_class!r}")
+        if self.boundary_class and self.n_classes != 3:
+            raise ValueError(
+                "boundary_class needs n_classes=3 (background, interior, boundary), got "
+                f"n_classes={self.n_classes}"
+            )
 
 
 def _check_pool_z(pool_z: Any, *, ndim: int, depth: int) -> None:
@@ -177,13 +194,6 @@ class TrainConfig(_JsonConfig):
         separate_touching: with 2 classes, cell pixels that touch a different cell
             become background in the target, the separation border of Sec. 3 and
             Fig. 3c that the border term of eq. 2 then stresses.
-        boundary_class: a three-class target for instance labels instead of the
-            paper's two: 0 background, 1 cell interior, 2 cell boundary (the pixels of
-            a cell that face the background or another cell). Needs ``n_classes=3``.
-            Seeds taken from the predicted interior split touching cells that share a
-            long contact, where a one-pixel background gap is hard to predict; this is
-            the "U-Net (3 class)" baseline of Schmidt et al. 2018 (StarDist) and
-            Caicedo et al. 2019, not part of the 2015 paper.
         foreground_fraction: share of tiles centred on a random foreground pixel
             (0: tiles uniformly placed, as in the paper).
         validate_every, checkpoint_every: in iterations.
@@ -210,7 +220,6 @@ class TrainConfig(_JsonConfig):
     sigma_px: float = 5.0
     class_weights: str | None = "balanced"
     separate_touching: bool = True
-    boundary_class: bool = False
     foreground_fraction: float = 0.0
     validate_every: int = 100
     checkpoint_every: int = 100
@@ -235,9 +244,10 @@ class TrainConfig(_JsonConfig):
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("class_weights", self.class_weights, ("balanced", None))
         _check_choice("normalization", self.normalization, ("percentile", "zscore"))
-        for name in ("separate_touching", "boundary_class"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.separate_touching, bool):
+            raise TypeError(
+                f"separate_touching must be true or false, got {self.separate_touching!r}"
+            )
         for name, low, high in (
             ("learning_rate", 0.0, None),
             ("momentum", 0.0, 1.0),

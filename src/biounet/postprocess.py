@@ -47,7 +47,7 @@ class PostprocessConfig:
         seeds: "distance" (h-maxima of the distance transform), "probability"
             (connected regions above `seed_threshold`) or "interior" (connected regions
             where the interior probability of a three-class network, passed as
-            `interior`, exceeds `interior_threshold`; see `TrainConfig.boundary_class`).
+            `interior`, exceeds `interior_threshold`; see `UNetConfig.boundary_class`).
         min_seed_prominence_px: for "distance" seeds, how far (px) a maximum of the smoothed
             distance must rise above the saddle to a higher one to seed its own object;
             larger merges more.
@@ -167,10 +167,10 @@ def instances_from_probabilities(
 ) -> np.ndarray:
     """Instance labels from a network's (K, *spatial) softmax output.
 
-    The foreground is 1 - P(background). With `boundary_class` (a network trained with
-    `TrainConfig.boundary_class`: background, interior, boundary) the watershed seeds
-    are the predicted interiors (``seeds="interior"``, the default config then);
-    otherwise `config` or the defaults apply to the foreground.
+    The foreground is 1 - P(background). With `boundary_class` (the classes of a
+    `UNetConfig(boundary_class=True)` network: background, interior, boundary) the
+    watershed seeds are the predicted interiors, so `config`, if given, must have
+    ``seeds="interior"``; otherwise `config` or the defaults apply to the foreground.
 
     Example:
         >>> p = np.zeros((3, 1, 7), np.float32); p[0] = 1
@@ -181,6 +181,16 @@ def instances_from_probabilities(
         [[0, 1, 1, 1, 2, 2, 0]]
     """
     probabilities = np.asarray(probabilities)
+    if probabilities.dtype.kind != "f":
+        raise TypeError(
+            f"probabilities must be floating-point softmax output, got dtype "
+            f"{probabilities.dtype}"
+        )
+    if probabilities.ndim not in (3, 4) or len(probabilities) < 2:
+        raise ValueError(
+            f"probabilities must be (K, Y, X) or (K, Z, Y, X) with K >= 2 classes, got "
+            f"shape {probabilities.shape}"
+        )
     foreground = np.clip(1.0 - probabilities[0], 0.0, 1.0)
     if not boundary_class:
         return probabilities_to_labels(foreground, config=config)
@@ -190,6 +200,11 @@ def instances_from_probabilities(
             f"got shape {probabilities.shape}"
         )
     config = PostprocessConfig(seeds="interior") if config is None else config
+    if config.seeds != "interior":
+        raise ValueError(
+            f"boundary_class seeds the watershed with the interiors: config.seeds must be "
+            f"'interior', got {config.seeds!r}"
+        )
     return probabilities_to_labels(foreground, config=config, interior=probabilities[1])
 
 

@@ -146,7 +146,7 @@ def run_experiment(
     model = load_model(out / "train" / "best.safetensors")
     predict = predict_tta if tta else predict_tiled
     predictions = [
-        (item.name, item.labels, _prediction(predict(model, item.image), config.train))
+        (item.name, item.labels, _prediction(predict(model, item.image), config.model))
         for item in test
     ]
     groups = "isbi" if experiment == "isbi2012" else "ctc,instance"
@@ -178,9 +178,9 @@ def run_experiment(
     return results
 
 
-def _prediction(probabilities: np.ndarray, train_config) -> np.ndarray:
+def _prediction(probabilities: np.ndarray, model_config) -> np.ndarray:
     """What `evaluate` scores: the foreground map, or instances from a 3-class network."""
-    if train_config.boundary_class:
+    if model_config.boundary_class:
         from biounet.postprocess import instances_from_probabilities
 
         return instances_from_probabilities(probabilities, boundary_class=True)

@@ -107,24 +107,6 @@ def read_weight_file(
     return tensors, metadata
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """Return the metadata of a biounet safetensors weight file, without its tensors.
-
-    Other files a `--model` may name (bioimage.io packages, ONNX) give an empty dict.
-    Training writes ``normalization`` and ``boundary_class`` ("true"/"false") there.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    path = check_input_file(path, name="model")
-    if zipfile.is_zipfile(path) or path.suffix.lower() == ".onnx":
-        return {}
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError):
-        raise ValueError(f"model {path} is not a readable safetensors weight file") from None
-
-
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:
     """Build the U-Net stored in a biounet weight file and load its weights, in eval mode.
 

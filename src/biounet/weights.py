@@ -112,7 +112,7 @@ def boundary_classes(labels: np.ndarray) -> np.ndarray:
     A boundary pixel is a cell pixel with a face neighbour (4 in 2-D, 6 in 3-D) of another
     value, background or a different cell; the image edge is no boundary, since the cell
     may go on beyond it. Two touching cells so get two boundary pixels between their
-    interiors, which is what lets interior seeds split them (`TrainConfig.boundary_class`).
+    interiors, which is what lets interior seeds split them (`UNetConfig.boundary_class`).
 
     Example:
         >>> boundary_classes(np.array([[1, 1, 1, 2, 2, 0]]))

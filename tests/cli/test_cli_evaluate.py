@@ -106,3 +106,23 @@ def test_instance_metrics_take_the_instances_file_and_isbi_the_map(tmp_path):
     (pred / "a_instances.tif").unlink()
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance", "--out", str(out), "--overwrite"]) == 0
     assert json.loads(out.read_text())["overall"]["ap_50"] < 1.0  # the map's objects instead
+
+
+def test_flags_without_a_map_warn_and_objects_only_need_object_metrics(tmp_path, capsys):
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    (gt / "images").mkdir(parents=True)
+    (gt / "labels").mkdir()
+    pred.mkdir()
+    labels = np.zeros((20, 20), np.uint16)
+    labels[3:9, 3:9] = 1
+    Image.fromarray(labels.astype(np.uint8)).save(gt / "images" / "a.png")
+    tifffile.imwrite(gt / "labels" / "a.tif", labels)
+    tifffile.imwrite(pred / "a_instances.tif", labels)
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt)]) == 2
+    error = capsys.readouterr().err
+    assert "the ISBI errors need probability maps" in error and "--metrics ctc,instance" in error
+    assert len(error.strip().splitlines()) == 1
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "ctc,instance", "--threshold", "0.9"]) == 0
+    assert "--threshold had no effect" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "ctc,instance"]) == 0
+    assert "warning" not in capsys.readouterr().err

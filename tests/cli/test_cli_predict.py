@@ -145,13 +145,14 @@ def test_instances_of_a_boundary_class_model_are_seeded_by_its_interior(tmp_path
     original = postprocess.instances_from_probabilities
     monkeypatch.setattr(postprocess, "instances_from_probabilities", lambda p, **options: calls.append(options) or original(p, **options))
     torch.manual_seed(0)
-    model = UNet(UNetConfig(depth=2, base_channels=4, n_classes=3)).eval()
     Image.fromarray(rng.integers(0, 255, (40, 44), dtype=np.uint8)).save(tmp_path / "a.png")
-    for flag in ("true", "false"):
-        model_file = save_model(model, tmp_path / f"{flag}.safetensors", metadata={"boundary_class": flag})
-        assert main(["predict", "--model", str(model_file), str(tmp_path / "a.png"), "--out", str(tmp_path / flag), "--instances", "--quiet"]) == 0
-        expected = original(predict_tiled(model, normalize_percentile(np.asarray(Image.open(tmp_path / "a.png"), np.float32))), boundary_class=flag == "true")
-        np.testing.assert_array_equal(tifffile.imread(tmp_path / flag / "a_instances.tif"), expected)
+    for flag in (True, False):
+        torch.manual_seed(0)
+        model = UNet(UNetConfig(depth=2, base_channels=4, n_classes=3, boundary_class=flag)).eval()
+        model_file = save_model(model, tmp_path / f"{flag}.safetensors")
+        assert main(["predict", "--model", str(model_file), str(tmp_path / "a.png"), "--out", str(tmp_path / str(flag)), "--instances", "--quiet"]) == 0
+        expected = original(predict_tiled(model, normalize_percentile(np.asarray(Image.open(tmp_path / "a.png"), np.float32))), boundary_class=flag)
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / str(flag) / "a_instances.tif"), expected)
     assert [options["boundary_class"] for options in calls] == [True, False]
     assert [options["config"].seeds for options in calls] == ["interior", "distance"]
 
@@ -175,7 +176,7 @@ def test_post_processing_flags_of_instances(tiny_unet, model_file, tmp_path, rng
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o" / "a_instances.tif"), instances_from_probabilities(probabilities, config=config))
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "p"), "--threshold", "0.7"]) == 2
-    assert "--threshold shape the objects of --instances; add --instances" in capsys.readouterr().err
+    assert "--threshold: post-processing options of --instances; add --instances" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "p"), "--instances", "--threshold", "1.5"]) == 2
     assert "--threshold must lie in [0, 1), got 1.5" in capsys.readouterr().err
     assert main([*common, "--out", str(tmp_path / "p"), "--instances", "--min-size", "-1"]) == 2
@@ -195,3 +196,15 @@ def test_post_processing_help_names_the_library_defaults():
     assert f"(default: {defaults.threshold})" in helps["threshold"]
     assert f"(default: {defaults.min_size})" in helps["min_size"]
     assert defaults.watershed is True  # --no-watershed turns off what is on by default
+
+
+def test_overwrite_removes_instances_of_an_earlier_run(model_file, tmp_path, rng, capsys):
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(tmp_path / "a.png")
+    common = ["predict", "--model", str(model_file), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*common, "--instances", "--save-probabilities"]) == 0
+    assert (tmp_path / "o" / "a_instances.tif").is_file()
+    assert main([*common, "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_mask.tif", "a_probability.tif"]
+    capsys.readouterr()
+    assert main([*common, "--overwrite", "--instances", "--min-size", "-3"]) == 2
+    assert (tmp_path / "o" / "a_probability.tif").is_file()  # refused before any work

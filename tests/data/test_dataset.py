@@ -91,23 +91,22 @@ def test_boundary_class_target_and_weights(rng):
 
     labels = cells((60, 50), rng)
     image = rng.normal(0, 1, (1, 60, 50)).astype(np.float32)
-    config = TrainConfig(boundary_class=True)
-    item = make_training_image("b", image, labels, model_config=UNetConfig(n_classes=3), train_config=config)
+    model = UNetConfig(n_classes=3, boundary_class=True)
+    item = make_training_image("b", image, labels, model_config=model, train_config=TrainConfig())
     np.testing.assert_array_equal(item.target, boundary_classes(labels))
     assert set(np.unique(item.target)) == {0, 1, 2}
     expected = balanced_class_map(item.target) + border_weight_map(labels)
     np.testing.assert_allclose(item.weights, expected, rtol=1e-6)
     np.testing.assert_array_equal(item.labels, labels)  # kept for validation
     unweighted = make_training_image(
-        "b", image, labels, model_config=UNetConfig(n_classes=3),
-        train_config=TrainConfig(boundary_class=True, class_weights=None, w0=0.0),
+        "b", image, labels, model_config=model, train_config=TrainConfig(class_weights=None, w0=0.0),
     )
     assert np.all(unweighted.weights == 1.0)
 
 
-def test_boundary_class_needs_three_classes(rng):
-    labels = cells((30, 30), rng)
-    with pytest.raises(ValueError, match="train.boundary_class needs a 3-class network.*model.n_classes is 2"):
-        make_training_image("b", np.zeros((1, 30, 30), np.float32), labels, model_config=UNetConfig(), train_config=TrainConfig(boundary_class=True))
+def test_boundary_class_needs_three_classes():
+    with pytest.raises(ValueError, match=r"boundary_class needs n_classes=3 \(background, interior, boundary\), got n_classes=2"):
+        UNetConfig(boundary_class=True)
     with pytest.raises(TypeError, match="boundary_class must be true or false"):
-        TrainConfig(boundary_class=1)
+        UNetConfig(n_classes=3, boundary_class=1)
+    assert UNetConfig.from_json(UNetConfig(n_classes=3, boundary_class=True).to_json()).boundary_class

@@ -246,8 +246,8 @@ def trainer_model(checkpoint):
 def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_path, rng, monkeypatch):
     import biounet.training.trainer as trainer_module
 
-    model = UNetConfig(depth=2, base_channels=4, n_classes=3)
-    config = TrainConfig(boundary_class=True)
+    model = UNetConfig(depth=2, base_channels=4, n_classes=3, boundary_class=True)
+    config = TrainConfig()
     items = []
     for index in range(3):
         labels = np.zeros((64, 64), np.int32)
@@ -266,7 +266,7 @@ def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_pat
     monkeypatch.setattr(trainer_module, "ap50_score", spy)
     trainer = Trainer(
         model_config=model,
-        train_config=TrainConfig(iterations=200, tile_shape=(60, 60), batch_size=2, optimizer="adam", learning_rate=3e-3, validate_every=50, checkpoint_every=50, workers=0, seed=7, boundary_class=True, validation_metric="ap50"),
+        train_config=TrainConfig(iterations=200, tile_shape=(60, 60), batch_size=2, optimizer="adam", learning_rate=3e-3, validate_every=50, checkpoint_every=50, workers=0, seed=7, validation_metric="ap50"),
         augment_config=None,
         train_images=items[:-1],
         val_images=items[-1:],
@@ -279,10 +279,3 @@ def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_pat
     assert result.best_score > 0  # objects found and matched through interior seeds
     assert seen and all(entry == (3, {"boundary_class": True}) for entry in seen)
 
-
-def test_weight_files_say_whether_the_classes_are_boundary_classes(tmp_path, rng):
-    from biounet.weightfile import read_metadata
-
-    make_trainer(tmp_path, synthetic_items(rng), 5, augment=None).fit()
-    for name in ("best.safetensors", "model.safetensors"):
-        assert read_metadata(tmp_path / name)["boundary_class"] == "false"

@@ -18,9 +18,14 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
-from biounet.cli.postprocess_args import add_postprocess_arguments, postprocess_config
+from biounet.cli.postprocess_args import (
+    add_postprocess_arguments,
+    given_postprocess_flags,
+    postprocess_config,
+)
 
 PREDICTION_SUFFIXES = ("", "_probability", "_labels", "_mask")
 # Object metrics prefer the objects `predict --instances` made (with the model's own
@@ -63,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
         )
     samples = open_dataset(args.gt, layout=args.layout, allow_empty=True, volume=args.volume)
     passes = _prediction_passes(pred_folder, samples.names, groups)
-    report = _evaluate_passes(samples, passes, postprocess)
+    report, n_maps = _evaluate_passes(samples, passes, postprocess)
+    if given_postprocess_flags(args) and n_maps == 0:
+        print(
+            f"biounet evaluate: warning: {' '.join(given_postprocess_flags(args))} had no "
+            "effect: no object metric was computed from a probability map",
+            file=sys.stderr,
+        )
     print(format_table(report))
     for flag, path in outputs:
         if flag == "--out":
@@ -93,7 +104,15 @@ def _prediction_passes(folder: Path, names, groups) -> list[tuple[list[str], dic
     ):
         if not pass_groups:
             continue
-        files = _find_predictions(folder, names, suffixes)
+        try:
+            files = _find_predictions(folder, names, suffixes)
+        except FileNotFoundError as error:
+            if pass_groups == ["isbi"] and any(folder.glob("*_instances.tif")):
+                raise FileNotFoundError(
+                    f"{error}; the ISBI errors need probability maps, NAME_instances.tif "
+                    "holds objects only: pass --metrics ctc,instance"
+                ) from None
+            raise
         if passes and passes[-1][1] == files:
             passes[-1][0].extend(pass_groups)
         else:
@@ -102,16 +121,19 @@ def _prediction_passes(folder: Path, names, groups) -> list[tuple[list[str], dic
 
 
 def _evaluate_passes(samples, passes, postprocess):
-    """Evaluate every pass and merge them into one report, row by row."""
+    """Evaluate every pass, merged into one report row by row; also return how many
+    probability maps the object metrics post-processed."""
     from biounet.data.io import read_image
     from biounet.evaluation import EvaluationReport, evaluate
 
-    report = EvaluationReport()
+    report, n_maps = EvaluationReport(), 0
     for pass_groups, files in passes:
         triples = [
             (sample.name, sample.labels, read_image(files[sample.name], name="prediction"))
             for sample in samples
         ]
+        if pass_groups != ["isbi"]:
+            n_maps += sum(prediction.dtype.kind == "f" for _, _, prediction in triples)
         part = evaluate(triples, metrics=pass_groups, postprocess=postprocess)
         if not report.rows:
             report.rows = part.rows
@@ -119,7 +141,7 @@ def _evaluate_passes(samples, passes, postprocess):
             for row, extra in zip(report.rows, part.rows):
                 row.update({key: value for key, value in extra.items() if key != "image"})
         report.overall.update(part.overall)
-    return report
+    return report, n_maps
 
 
 def _find_predictions(folder: Path, names, suffixes: tuple[str, ...]) -> dict[str, Path]:

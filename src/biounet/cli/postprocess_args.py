@@ -23,8 +23,8 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser, *, used_by: str) 
     group.add_argument(
         "--min-size",
         type=int,
-        metavar="PIXELS",
-        help="drop objects of fewer pixels (default: 16)",
+        metavar="N",
+        help="drop objects of fewer pixels (voxels in 3-D) (default: 16)",
     )
     group.add_argument(
         "--no-watershed",

@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--instances",
         action="store_true",
         help="also write object ids: threshold, fill holes, split touching objects by "
-        "watershed (interior seeds when the model was trained with boundary_class)",
+        "watershed (seeded by the predicted interiors for a boundary_class model)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_postprocess_arguments(parser, used_by="with --instances")
@@ -139,9 +139,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.instances and given_postprocess_flags(args):
         raise ValueError(
-            f"{' '.join(given_postprocess_flags(args))} shape the objects of --instances; "
-            "add --instances"
+            f"{' '.join(given_postprocess_flags(args))}: post-processing options of "
+            "--instances; add --instances"
         )
+    postprocess_config(args)  # a bad value fails before any work
     if predict_zarr.wants_zarr(args):
         return predict_zarr.run(args)
     predict_zarr.refuse_zarr_options(args)
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for path in paths:
         predict_zarr.check_fits_in_memory(path, model.config)
-    boundary_class = _trained_with_boundary_class(args.model)
+    boundary_class = model.config.boundary_class
     postprocess = postprocess_config(args, boundary_class=boundary_class)
     for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
         _predict_file(
@@ -210,11 +211,20 @@ def _targets(out: Path, path: Path, args: argparse.Namespace) -> dict[str, Path]
     return {name: out / f"{path.stem}_{name}.tif" for name in names}
 
 
-def _trained_with_boundary_class(model_path: str) -> bool:
-    """Whether a biounet weight file says its classes are background / interior / boundary."""
-    from biounet.weightfile import read_metadata
+def _remove_stale_outputs(out: Path, path: Path, args: argparse.Namespace) -> None:
+    """With --overwrite, drop optional outputs of an earlier run that this run does not
+    rewrite: an old <name>_instances.tif beside a new probability map would be scored by
+    `biounet evaluate` as if it came from this model."""
+    import logging
 
-    return read_metadata(model_path).get("boundary_class") == "true"
+    if not args.overwrite:
+        return
+    written = _targets(out, path, args)
+    for name in ("probabilities", "instances"):
+        stale = out / f"{path.stem}_{name}.tif"
+        if name not in written and stale.is_file():
+            stale.unlink()
+            logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
 
 
 def _predict_file(
@@ -262,6 +272,7 @@ def _predict_file(
     write_tiff(targets["mask"], mask)
     if args.save_probabilities:
         write_tiff(targets["probabilities"], probabilities)
+    _remove_stale_outputs(out, path, args)
     if args.instances:
         # pages of a 2-D network are separate images: objects are found page by page
         per_page = probabilities.ndim == config.ndim + 2

@@ -88,7 +88,7 @@ def make_training_image(
             f"training image {name}{f' ({source})' if source else ''} contains NaN or "
             "infinite pixels; replace them (e.g. by the image's median) before training"
         )
-    if train_config.boundary_class:
+    if model_config.boundary_class:
         return _boundary_training_image(name, image, labels, model_config, train_config)
     separated = labels
     if model_config.n_classes == 2:
@@ -124,16 +124,11 @@ def _boundary_training_image(
     model_config: UNetConfig,
     train_config: TrainConfig,
 ) -> TrainingImage:
-    """The three-class variant of `make_training_image` (`TrainConfig.boundary_class`).
+    """The three-class variant of `make_training_image` (`UNetConfig.boundary_class`).
 
     w(x) = class balance over the three classes + the border term of eq. 2, which stays
     on the background gaps between nearby cells.
     """
-    if model_config.n_classes != 3:
-        raise ValueError(
-            f"train.boundary_class needs a 3-class network (background, interior, "
-            f"boundary); model.n_classes is {model_config.n_classes}"
-        )
     target = boundary_classes(labels)
     if train_config.class_weights == "balanced":
         weights = balanced_class_map(target)

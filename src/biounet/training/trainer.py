@@ -141,7 +141,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         if score is None:
             score = SCORES[train_config.validation_metric]
-            if score is ap50_score and train_config.boundary_class:
+            if score is ap50_score and model_config.boundary_class:
                 score = functools.partial(ap50_score, boundary_class=True)
         self.score = score
         self.progress = progress
@@ -303,11 +303,7 @@ class Trainer:
         )
 
     def _weight_metadata(self) -> dict[str, str]:
-        # what `biounet predict --instances` needs to read the classes right
-        return {
-            "normalization": self.config.normalization,
-            "boundary_class": "true" if self.config.boundary_class else "false",
-        }
+        return {"normalization": self.config.normalization}
 
 
 def _without_iterations(configs: dict) -> dict:
