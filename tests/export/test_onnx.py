@@ -175,3 +175,10 @@ def test_missing_optional_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'biounet\[export\]'"):
         require("onnxruntime", "checking the ONNX export")
+
+
+def test_a_boundary_class_network_stays_one_after_export(tmp_path):
+    model = make_unet(depth=1, base_channels=2, n_classes=3, boundary_class=True)
+    path = export_onnx(model, tmp_path / "b.onnx", exporter="legacy")
+    backend = load_onnx_backend(path, n_threads=1)
+    assert backend.config.boundary_class and backend.config == model.config
