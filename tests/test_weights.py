@@ -280,6 +280,16 @@ def test_invalid_arguments_name_the_parameter(arguments, error, match):
         weight_map(labels, **arguments)
 
 
+def face_neighbours(labels, index):
+    """The values of the face neighbours of pixel `index` that lie inside the image."""
+    for axis in range(labels.ndim):
+        for step in (-1, 1):
+            neighbour = list(index)
+            neighbour[axis] += step
+            if 0 <= neighbour[axis] < labels.shape[axis]:
+                yield labels[tuple(neighbour)]
+
+
 def reference_touching_borders(labels):
     """Pixel by pixel: a cell pixel with a face neighbour inside the image of another cell."""
     labels = np.asarray(labels)
@@ -287,13 +297,8 @@ def reference_touching_borders(labels):
     for index in np.ndindex(labels.shape):
         if labels[index] == 0:
             continue
-        for axis in range(labels.ndim):
-            for step in (-1, 1):
-                neighbour = list(index)
-                neighbour[axis] += step
-                if 0 <= neighbour[axis] < labels.shape[axis]:
-                    other = labels[tuple(neighbour)]
-                    border[index] |= other != 0 and other != labels[index]
+        for other in face_neighbours(labels, index):
+            border[index] |= other != 0 and other != labels[index]
     return border
 
 
@@ -327,14 +332,8 @@ def boundary_classes_reference(labels):
     """Pixel by pixel: a cell pixel is boundary if a face neighbour inside the image differs."""
     classes = (labels > 0).astype(np.int64)
     for index in np.ndindex(labels.shape):
-        if labels[index] == 0:
-            continue
-        for axis in range(labels.ndim):
-            for step in (-1, 1):
-                neighbour = list(index)
-                neighbour[axis] += step
-                if 0 <= neighbour[axis] < labels.shape[axis] and labels[tuple(neighbour)] != labels[index]:
-                    classes[index] = 2
+        if labels[index] != 0 and any(other != labels[index] for other in face_neighbours(labels, index)):
+            classes[index] = 2
     return classes
 
 

@@ -55,18 +55,24 @@ def test_missing_predictions_are_named(tmp_path, capsys):
     assert len(error.splitlines()) == 1
 
 
-def test_post_processing_flags_shape_the_objects_of_probability_maps(tmp_path):
-    from biounet.evaluation import evaluate
-    from biounet.postprocess import PostprocessConfig
-
+def ground_truth_folder(tmp_path, labels):
+    """Write image a and its labels as a pairs data set; return it and an empty --pred."""
     gt, pred = tmp_path / "gt", tmp_path / "pred"
     (gt / "images").mkdir(parents=True)
     (gt / "labels").mkdir()
     pred.mkdir()
-    labels = np.zeros((30, 30), np.uint16)
-    labels[4:14, 4:14], labels[17:20, 17:20] = 1, 2  # object 2 has 9 pixels
     Image.fromarray(labels.astype(np.uint8)).save(gt / "images" / "a.png")
     tifffile.imwrite(gt / "labels" / "a.tif", labels)
+    return gt, pred
+
+
+def test_post_processing_flags_shape_the_objects_of_probability_maps(tmp_path):
+    from biounet.evaluation import evaluate
+    from biounet.postprocess import PostprocessConfig
+
+    labels = np.zeros((30, 30), np.uint16)
+    labels[4:14, 4:14], labels[17:20, 17:20] = 1, 2  # object 2 has 9 pixels
+    gt, pred = ground_truth_folder(tmp_path, labels)
     probability = np.where(labels > 0, 0.65, 0.1).astype(np.float32)
     tifffile.imwrite(pred / "a_probability.tif", probability)
     for flags, config in (
@@ -85,14 +91,9 @@ def test_post_processing_flags_shape_the_objects_of_probability_maps(tmp_path):
 def test_instance_metrics_take_the_instances_file_and_isbi_the_map(tmp_path):
     from biounet.evaluation import evaluate
 
-    gt, pred = tmp_path / "gt", tmp_path / "pred"
-    (gt / "images").mkdir(parents=True)
-    (gt / "labels").mkdir()
-    pred.mkdir()
     labels = np.zeros((30, 30), np.uint16)
     labels[4:14, 4:14], labels[4:14, 14:24] = 1, 2  # touching: one object in the map
-    Image.fromarray(labels.astype(np.uint8)).save(gt / "images" / "a.png")
-    tifffile.imwrite(gt / "labels" / "a.tif", labels)
+    gt, pred = ground_truth_folder(tmp_path, labels)
     probability = np.where(labels > 0, 0.9, 0.1).astype(np.float32)
     tifffile.imwrite(pred / "a_probability.tif", probability)
     tifffile.imwrite(pred / "a_instances.tif", labels)
@@ -109,14 +110,9 @@ def test_instance_metrics_take_the_instances_file_and_isbi_the_map(tmp_path):
 
 
 def test_flags_without_a_map_warn_and_objects_only_need_object_metrics(tmp_path, capsys):
-    gt, pred = tmp_path / "gt", tmp_path / "pred"
-    (gt / "images").mkdir(parents=True)
-    (gt / "labels").mkdir()
-    pred.mkdir()
     labels = np.zeros((20, 20), np.uint16)
     labels[3:9, 3:9] = 1
-    Image.fromarray(labels.astype(np.uint8)).save(gt / "images" / "a.png")
-    tifffile.imwrite(gt / "labels" / "a.tif", labels)
+    gt, pred = ground_truth_folder(tmp_path, labels)
     tifffile.imwrite(pred / "a_instances.tif", labels)
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt)]) == 2
     error = capsys.readouterr().err

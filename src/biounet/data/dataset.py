@@ -89,7 +89,22 @@ def make_training_image(
             "infinite pixels; replace them (e.g. by the image's median) before training"
         )
     if model_config.boundary_class:
-        return _boundary_training_image(name, image, labels, model_config, train_config)
+        target, weights = _boundary_target_and_weights(labels, train_config)
+    else:
+        target, weights = _target_and_weights(name, labels, model_config, train_config)
+    return TrainingImage(
+        name=name,
+        image=normalize(image.astype(np.float32), train_config.normalization),
+        target=target,
+        weights=weights.astype(np.float32),
+        labels=labels.astype(np.int32),
+    )
+
+
+def _target_and_weights(
+    name: str, labels: np.ndarray, model_config: UNetConfig, train_config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's target (foreground with separation borders, or label classes) and eq. 2."""
     separated = labels
     if model_config.n_classes == 2:
         if train_config.separate_touching:
@@ -108,40 +123,22 @@ def make_training_image(
         sigma=train_config.sigma_px,
         class_weights=train_config.class_weights,
     )
-    return TrainingImage(
-        name=name,
-        image=normalize(image.astype(np.float32), train_config.normalization),
-        target=target,
-        weights=weights.astype(np.float32),
-        labels=labels.astype(np.int32),
-    )
+    return target, weights
 
 
-def _boundary_training_image(
-    name: str,
-    image: np.ndarray,
-    labels: np.ndarray,
-    model_config: UNetConfig,
-    train_config: TrainConfig,
-) -> TrainingImage:
-    """The three-class variant of `make_training_image` (`UNetConfig.boundary_class`).
-
-    w(x) = class balance over the three classes + the border term of eq. 2, which stays
-    on the background gaps between nearby cells.
-    """
+def _boundary_target_and_weights(
+    labels: np.ndarray, train_config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Background / interior / boundary (`UNetConfig.boundary_class`) and its weights:
+    class balance over the three classes + the border term of eq. 2, which stays on the
+    background gaps between nearby cells."""
     target = boundary_classes(labels)
     if train_config.class_weights == "balanced":
         weights = balanced_class_map(target)
     else:
         weights = np.ones(labels.shape, dtype=np.float32)
     weights = weights + border_weight_map(labels, w0=train_config.w0, sigma=train_config.sigma_px)
-    return TrainingImage(
-        name=name,
-        image=normalize(image.astype(np.float32), train_config.normalization),
-        target=target,
-        weights=weights.astype(np.float32),
-        labels=labels.astype(np.int32),
-    )
+    return target, weights
 
 
 class TileDataset(torch.utils.data.Dataset):
