@@ -252,6 +252,15 @@ def test_interior_seeds_split_cells_whose_union_has_no_neck():
     assert table.toarray()[1:, 1:].max(axis=1).tolist() == [100, 100]  # every pixel back
 
 
+def test_a_boundary_class_output_with_distance_seeds_uses_the_foreground_alone():
+    probabilities = three_class_probabilities(two_touching_squares())
+    config = PostprocessConfig(min_size=1)
+    np.testing.assert_array_equal(
+        instances_from_probabilities(probabilities, boundary_class=True, config=config),
+        probabilities_to_labels(1.0 - probabilities[0], config=config),
+    )
+
+
 def test_interior_seeds_touching_at_a_corner_stay_two_objects():
     interior = np.zeros((6, 6), np.float32)
     interior[1:3, 1:3] = interior[3:5, 3:5] = 1.0
@@ -288,10 +297,8 @@ def test_interior_seeds_need_the_interior_map_and_vice_versa():
         )
     with pytest.raises(ValueError, match="boundary_class needs \\(3, ...\\) probabilities"):
         instances_from_probabilities(np.ones((2, 8, 8), np.float32), boundary_class=True)
-    with pytest.raises(ValueError, match="config.seeds must be 'interior', got 'distance'"):
-        instances_from_probabilities(
-            np.ones((3, 8, 8), np.float32) / 3, boundary_class=True, config=PostprocessConfig(min_size=1)
-        )
+    with pytest.raises(ValueError, match="seeds='interior' needs the interior class of a boundary_class network"):
+        instances_from_probabilities(np.ones((2, 8, 8), np.float32) / 2, config=PostprocessConfig(seeds="interior"))
     with pytest.raises(TypeError, match="probabilities must be floating-point"):
         instances_from_probabilities(np.ones((3, 8, 8), np.uint8), boundary_class=True)
     with pytest.raises(ValueError, match="probabilities must be \\(K, Y, X\\)"):

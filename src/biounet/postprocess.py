@@ -169,8 +169,9 @@ def instances_from_probabilities(
 
     The foreground is 1 - P(background). With `boundary_class` (the classes of a
     `UNetConfig(boundary_class=True)` network: background, interior, boundary) the
-    watershed seeds are the predicted interiors, so `config`, if given, must have
-    ``seeds="interior"``; otherwise `config` or the defaults apply to the foreground.
+    default config seeds the watershed with the predicted interiors
+    (``seeds="interior"``); a `config` with other seeds uses the foreground alone.
+    Without it, ``seeds="interior"`` is refused: there is no interior class.
 
     Example:
         >>> p = np.zeros((3, 1, 7), np.float32); p[0] = 1
@@ -193,6 +194,11 @@ def instances_from_probabilities(
         )
     foreground = np.clip(1.0 - probabilities[0], 0.0, 1.0)
     if not boundary_class:
+        if config is not None and config.seeds == "interior":
+            raise ValueError(
+                "seeds='interior' needs the interior class of a boundary_class network; "
+                "this output has none"
+            )
         return probabilities_to_labels(foreground, config=config)
     if probabilities.shape[0] != 3:
         raise ValueError(
@@ -200,12 +206,8 @@ def instances_from_probabilities(
             f"got shape {probabilities.shape}"
         )
     config = PostprocessConfig(seeds="interior") if config is None else config
-    if config.seeds != "interior":
-        raise ValueError(
-            f"boundary_class seeds the watershed with the interiors: config.seeds must be "
-            f"'interior', got {config.seeds!r}"
-        )
-    return probabilities_to_labels(foreground, config=config, interior=probabilities[1])
+    interior = probabilities[1] if config.seeds == "interior" else None
+    return probabilities_to_labels(foreground, config=config, interior=interior)
 
 
 def _check_foreground(

@@ -208,3 +208,28 @@ def test_overwrite_removes_instances_of_an_earlier_run(model_file, tmp_path, rng
     capsys.readouterr()
     assert main([*common, "--overwrite", "--instances", "--min-size", "-3"]) == 2
     assert (tmp_path / "o" / "a_probability.tif").is_file()  # refused before any work
+
+
+def test_seeds_flag_chooses_the_seeds_of_a_boundary_class_model(tmp_path, rng, monkeypatch, capsys):
+    import torch
+
+    import biounet.postprocess as postprocess
+    from biounet.config import UNetConfig
+    from biounet.model.unet import UNet
+
+    seen = []
+    original = postprocess.instances_from_probabilities
+    monkeypatch.setattr(postprocess, "instances_from_probabilities", lambda p, **options: seen.append(options["config"].seeds) or original(p, **options))
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(tmp_path / "a.png")
+    torch.manual_seed(0)
+    boundary = save_model(UNet(UNetConfig(depth=2, base_channels=4, n_classes=3, boundary_class=True)).eval(), tmp_path / "b.safetensors")
+    plain = save_model(UNet(UNetConfig(depth=2, base_channels=4)).eval(), tmp_path / "p.safetensors")
+    common = [str(tmp_path / "a.png"), "--instances", "--quiet", "--overwrite"]
+    assert main(["predict", "--model", str(boundary), *common, "--out", str(tmp_path / "o1"), "--seeds", "distance"]) == 0
+    assert main(["predict", "--model", str(boundary), *common, "--out", str(tmp_path / "o2")]) == 0
+    assert seen == ["distance", "interior"]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(plain), *common, "--out", str(tmp_path / "o3"), "--seeds", "interior"]) == 2
+    assert "--seeds interior needs the interior class" in capsys.readouterr().err
+    assert main(["predict", "--model", str(plain), *common, "--out", str(tmp_path / "o3"), "--seeds", "probability", "--threshold", "0.95"]) == 2
+    assert "--threshold must be below it, got 0.95" in capsys.readouterr().err

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-FLAGS = ("threshold", "min_size", "no_watershed")
+FLAGS = ("threshold", "min_size", "no_watershed", "seeds")
+SEEDS = ("distance", "probability", "interior")
 
 
 def add_postprocess_arguments(parser: argparse.ArgumentParser, *, used_by: str) -> None:
-    """Add --threshold, --min-size and --no-watershed; `used_by` says when they apply."""
+    """Add --threshold, --min-size, --no-watershed and --seeds; `used_by` says when."""
     group = parser.add_argument_group(f"post-processing ({used_by})")
     group.add_argument(
         "--threshold",
@@ -32,6 +33,13 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser, *, used_by: str) 
         default=None,
         help="every connected component is one object: touching objects are not split",
     )
+    group.add_argument(
+        "--seeds",
+        choices=SEEDS,
+        help="watershed seeds: maxima of the distance to the background, regions of high "
+        "probability, or the predicted interiors of a boundary_class model (default: "
+        "interior for such a model, distance otherwise)",
+    )
 
 
 def given_postprocess_flags(args: argparse.Namespace) -> list[str]:
@@ -43,7 +51,8 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool = False
     """The `PostprocessConfig` the flags ask for; interior seeds for a boundary-class model.
 
     Raises:
-        ValueError: naming the flag, for a threshold outside [0, 1) or a negative size.
+        ValueError: naming the flag, for a threshold outside [0, 1), a negative size or
+            interior seeds without a boundary-class model.
     """
     from biounet.postprocess import PostprocessConfig
 
@@ -54,9 +63,17 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool = False
         raise ValueError(f"--threshold must lie in [0, 1), got {threshold}")
     if min_size < 0:
         raise ValueError(f"--min-size must be >= 0, got {min_size}")
+    seeds = args.seeds or ("interior" if boundary_class else defaults.seeds)
+    if seeds == "interior" and not boundary_class:
+        raise ValueError(
+            "--seeds interior needs the interior class of a UNetConfig.boundary_class "
+            "model, which this input does not have"
+        )
+    if seeds == "probability" and threshold >= defaults.seed_threshold:
+        raise ValueError(
+            f"--seeds probability seeds where the probability exceeds "
+            f"{defaults.seed_threshold}: --threshold must be below it, got {threshold}"
+        )
     return PostprocessConfig(
-        threshold=threshold,
-        min_size=min_size,
-        watershed=not args.no_watershed,
-        seeds="interior" if boundary_class else defaults.seeds,
+        threshold=threshold, min_size=min_size, watershed=not args.no_watershed, seeds=seeds
     )
