@@ -206,3 +206,15 @@ def test_existing_output_needs_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_bioimageio(model, target)
     assert target.read_bytes() == b"keep"
+
+
+def test_a_boundary_class_package_names_its_classes_and_keeps_the_flag(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(depth=1, base_channels=2, n_classes=3, boundary_class=True)).eval()
+    path = tmp_path / "boundary.zip"
+    with no_network():
+        export_bioimageio(model, path, info=PackageInfo(name="boundary U-Net"), onnx_exporter="legacy")
+    rdf = yaml.safe_load(read_member(path, "rdf.yaml"))
+    channel = next(axis for axis in rdf["outputs"][0]["axes"] if axis.get("type") == "channel")
+    assert channel["channel_names"] == ["background", "interior", "boundary"]
+    assert load_bioimageio_package(path).config.boundary_class

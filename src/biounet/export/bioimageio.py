@@ -335,11 +335,12 @@ def _describe(config: UNetConfig, info: PackageInfo, files: dict[str, Path], *, 
     margin = halo(depth=config.depth, padding=config.padding)
     size = bio.ParameterizedSize(min=smallest_package_size(config), step=2**config.depth)
     input_id, output_id = bio.TensorId("image"), bio.TensorId("probabilities")
-    class_names = (
-        ["background", "foreground"]
-        if config.n_classes == 2
-        else [f"class{index}" for index in range(config.n_classes)]
-    )
+    if config.boundary_class:  # consumers other than biounet read the classes from here
+        class_names = ["background", "interior", "boundary"]
+    elif config.n_classes == 2:
+        class_names = ["background", "foreground"]
+    else:
+        class_names = [f"class{index}" for index in range(config.n_classes)]
     image = bio.InputTensorDescr(
         id=input_id,
         description="normalised image; valid sizes per spatial axis: min + step * n",
