@@ -122,3 +122,14 @@ def test_flags_without_a_map_warn_and_objects_only_need_object_metrics(tmp_path,
     assert "--threshold had no effect" in capsys.readouterr().err
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "ctc,instance"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_evaluate_offers_no_interior_seeds(tmp_path, capsys):
+    labels = np.zeros((20, 20), np.uint16)
+    labels[3:9, 3:9] = 1
+    gt, pred = ground_truth_folder(tmp_path, labels)
+    tifffile.imwrite(pred / "a_probability.tif", (labels > 0).astype(np.float32))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--seeds", "interior"])
+    assert exit_info.value.code == 2 and "invalid choice: 'interior'" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance", "--seeds", "probability", "--threshold", "0.5"]) == 0

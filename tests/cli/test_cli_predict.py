@@ -112,6 +112,7 @@ def test_refuses_to_overwrite_and_bad_model(model_file, tmp_path, capsys):
 
 def test_instances_follow_the_library_page_by_page(tiny_unet, model_file, tmp_path, rng, monkeypatch):
     import biounet.postprocess as postprocess
+    from biounet.postprocess import PostprocessConfig
 
     calls = []
     original = postprocess.instances_from_probabilities
@@ -124,12 +125,18 @@ def test_instances_follow_the_library_page_by_page(tiny_unet, model_file, tmp_pa
     stack = rng.integers(0, 4000, (2, 40, 50), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(model_file), str(tmp_path / "stack.tif"), "--out", str(out), "--instances", "--quiet"]) == 0
+    maps = [predict_tiled(tiny_unet, normalize_percentile(page.astype(np.float32))) for page in stack]
+    threshold = float(np.median(1.0 - maps[0][0]))  # an untrained network: objects at its median
+    assert main(["predict", "--model", str(model_file), str(tmp_path / "stack.tif"), "--out", str(out), "--instances", "--quiet", "--threshold", str(threshold), "--min-size", "1"]) == 0
     instances = tifffile.imread(out / "stack_instances.tif")
     assert instances.shape == (2, 40, 50) and instances.dtype == np.uint16
-    for page in range(2):
-        probabilities = predict_tiled(tiny_unet, normalize_percentile(stack[page].astype(np.float32)))
-        np.testing.assert_array_equal(instances[page], original(probabilities))
+    config = PostprocessConfig(threshold=threshold, min_size=1)
+    n_before = 0
+    for page, probabilities in enumerate(maps):
+        expected = original(probabilities, config=config)
+        np.testing.assert_array_equal(instances[page], np.where(expected > 0, expected + n_before, 0))
+        n_before += expected.max()
+    assert n_before > 0 and len(np.unique(instances)) == n_before + 1  # ids unique in the stack
     assert [options["boundary_class"] for options in calls] == [False, False]
     assert calls[0]["config"].seeds == "distance"
 
@@ -204,7 +211,7 @@ def test_overwrite_removes_instances_of_an_earlier_run(model_file, tmp_path, rng
     assert main([*common, "--instances", "--save-probabilities"]) == 0
     assert (tmp_path / "o" / "a_instances.tif").is_file()
     assert main([*common, "--overwrite"]) == 0
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_mask.tif", "a_probability.tif"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_mask.tif", "a_probabilities.tif", "a_probability.tif"]
     capsys.readouterr()
     assert main([*common, "--overwrite", "--instances", "--min-size", "-3"]) == 2
     assert (tmp_path / "o" / "a_probability.tif").is_file()  # refused before any work
@@ -233,3 +240,5 @@ def test_seeds_flag_chooses_the_seeds_of_a_boundary_class_model(tmp_path, rng, m
     assert "--seeds interior needs the interior class" in capsys.readouterr().err
     assert main(["predict", "--model", str(plain), *common, "--out", str(tmp_path / "o3"), "--seeds", "probability", "--threshold", "0.95"]) == 2
     assert "--threshold must be below it, got 0.95" in capsys.readouterr().err
+    assert main(["predict", "--model", str(plain), *common, "--out", str(tmp_path / "o3"), "--seeds", "probability", "--no-watershed"]) == 2
+    assert "--seeds chooses the watershed's seeds; drop it or --no-watershed" in capsys.readouterr().err

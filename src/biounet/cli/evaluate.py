@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the report as JSON here")
     parser.add_argument("--csv", help="write the per-image table as CSV here")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --out/--csv")
-    add_postprocess_arguments(parser, used_by="instances from probability maps")
+    add_postprocess_arguments(
+        parser, used_by="instances from probability maps", with_interior=False
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,13 +13,18 @@ FLAGS = ("threshold", "min_size", "no_watershed", "seeds")
 SEEDS = ("distance", "probability", "interior")
 
 
-def add_postprocess_arguments(parser: argparse.ArgumentParser, *, used_by: str) -> None:
-    """Add --threshold, --min-size, --no-watershed and --seeds; `used_by` says when."""
+def add_postprocess_arguments(
+    parser: argparse.ArgumentParser, *, used_by: str, with_interior: bool = True
+) -> None:
+    """Add --threshold, --min-size, --no-watershed and --seeds; `used_by` says when.
+
+    `with_interior`: offer interior seeds (only a command with the model has them)."""
     group = parser.add_argument_group(f"post-processing ({used_by})")
     group.add_argument(
         "--threshold",
         type=float,
-        help="foreground probability above which a pixel belongs to an object (default: 0.5)",
+        help="foreground probability (in [0, 1), not a logit) above which a pixel belongs "
+        "to an object (default: 0.5)",
     )
     group.add_argument(
         "--min-size",
@@ -33,12 +38,22 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser, *, used_by: str) 
         default=None,
         help="every connected component is one object: touching objects are not split",
     )
+    if with_interior:
+        seeds_help = (
+            "watershed seeds: maxima of the distance to the background, regions of high "
+            "probability, or the predicted interiors of a boundary_class model (default: "
+            "interior for such a model, distance otherwise)"
+        )
+    else:
+        seeds_help = (
+            "watershed seeds: maxima of the distance to the background or regions of high "
+            "probability (default: distance); interior seeds need the model: use predict "
+            "--instances"
+        )
     group.add_argument(
         "--seeds",
-        choices=SEEDS,
-        help="watershed seeds: maxima of the distance to the background, regions of high "
-        "probability, or the predicted interiors of a boundary_class model (default: "
-        "interior for such a model, distance otherwise)",
+        choices=SEEDS if with_interior else SEEDS[:2],
+        help=seeds_help,
     )
 
 
@@ -63,11 +78,13 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool = False
         raise ValueError(f"--threshold must lie in [0, 1), got {threshold}")
     if min_size < 0:
         raise ValueError(f"--min-size must be >= 0, got {min_size}")
+    if args.seeds is not None and args.no_watershed:
+        raise ValueError("--seeds chooses the watershed's seeds; drop it or --no-watershed")
     seeds = args.seeds or ("interior" if boundary_class else defaults.seeds)
     if seeds == "interior" and not boundary_class:
         raise ValueError(
             "--seeds interior needs the interior class of a UNetConfig.boundary_class "
-            "model, which this input does not have"
+            "model, which this model does not have"
         )
     if seeds == "probability" and threshold >= defaults.seed_threshold:
         raise ValueError(

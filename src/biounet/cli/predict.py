@@ -6,7 +6,8 @@ For every IMAGE (TIFF, multi-page TIFF stack, PNG) writes into --out:
   <name>_probabilities.tif float32 (C, ...) all classes, with --save-probabilities
   <name>_instances.tif     uint16/uint32 object ids (0 = background), with --instances:
                            the foreground post-processed (biounet.postprocess), seeded
-                           by the predicted interiors for a boundary-class network
+                           by the predicted interiors for a boundary-class network;
+                           pages of a stack are segmented one by one, ids unique
 Files are written to a temporary name and renamed into place when complete.
 --tta averages the probabilities over the 8 flips/rotations of a 2-D image (the 8
 axis flips of a 3-D volume; Z is never rotated): 8 predictions, 8x the time.
@@ -93,7 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write object ids: threshold, fill holes, split touching objects by "
         "watershed (seeded by the predicted interiors for a boundary_class model)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs; without --instances also remove an earlier "
+        "<name>_instances.tif, which evaluate would otherwise score",
+    )
     add_postprocess_arguments(parser, used_by="with --instances")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -211,20 +217,15 @@ def _targets(out: Path, path: Path, args: argparse.Namespace) -> dict[str, Path]
     return {name: out / f"{path.stem}_{name}.tif" for name in names}
 
 
-def _remove_stale_outputs(out: Path, path: Path, args: argparse.Namespace) -> None:
-    """With --overwrite, drop optional outputs of an earlier run that this run does not
-    rewrite: an old <name>_instances.tif beside a new probability map would be scored by
-    `biounet evaluate` as if it came from this model."""
+def _remove_stale_instances(out: Path, path: Path, args: argparse.Namespace) -> None:
+    """With --overwrite but without --instances, drop an earlier run's <name>_instances.tif:
+    beside the new probability map `biounet evaluate` would score it as this model's."""
     import logging
 
-    if not args.overwrite:
-        return
-    written = _targets(out, path, args)
-    for name in ("probabilities", "instances"):
-        stale = out / f"{path.stem}_{name}.tif"
-        if name not in written and stale.is_file():
-            stale.unlink()
-            logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
+    stale = out / f"{path.stem}_instances.tif"
+    if args.overwrite and not args.instances and stale.is_file():
+        stale.unlink()
+        logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
 
 
 def _predict_file(
@@ -272,19 +273,19 @@ def _predict_file(
     write_tiff(targets["mask"], mask)
     if args.save_probabilities:
         write_tiff(targets["probabilities"], probabilities)
-    _remove_stale_outputs(out, path, args)
+    _remove_stale_instances(out, path, args)
     if args.instances:
-        # pages of a 2-D network are separate images: objects are found page by page
+        # pages of a 2-D network are separate images: objects are found page by page,
+        # numbered on across pages so that every id names one object in the stack
         per_page = probabilities.ndim == config.ndim + 2
         pages_first = np.moveaxis(probabilities, 1, 0) if per_page else probabilities[None]
-        instances = np.stack(
-            [
-                instances_from_probabilities(
-                    one, boundary_class=boundary_class, config=postprocess
-                )
-                for one in pages_first
-            ]
-        )
-        instances = instances if per_page else instances[0]
+        pages, n_objects = [], 0
+        for one in pages_first:
+            page = instances_from_probabilities(
+                one, boundary_class=boundary_class, config=postprocess
+            ).astype(np.int64)
+            pages.append(np.where(page > 0, page + n_objects, 0))
+            n_objects += int(page.max(initial=0))
+        instances = np.stack(pages) if per_page else pages[0]
         dtype = np.uint16 if instances.max(initial=0) < 2**16 else np.uint32
         write_tiff(targets["instances"], instances.astype(dtype))
