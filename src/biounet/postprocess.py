@@ -9,7 +9,8 @@ kept when they rise at least `min_seed_prominence_px` above the saddle towards a
 maximum of the same component (h-maxima; suits round nuclei whose contact is a neck of
 the mask), or the connected regions where the probability exceeds `seed_threshold`
 (suits cells whose predicted border dips in probability without falling below
-`threshold`).
+`threshold`), or, for a three-class network (`UNetConfig.boundary_class`), the regions
+its interior class covers (`instances_from_probabilities` passes that map on).
 
 The defaults were chosen on the 126 training images of the project's DSB 2018 split,
 with the reference masks as foreground: where touching nuclei are merged in the mask the

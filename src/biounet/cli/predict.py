@@ -178,12 +178,9 @@ def run(args: argparse.Namespace) -> int:
         )
     for path in paths:
         predict_zarr.check_fits_in_memory(path, model.config)
-    boundary_class = model.config.boundary_class
-    postprocess = postprocess_config(args, boundary_class=boundary_class)
+    postprocess = postprocess_config(args, boundary_class=model.config.boundary_class)
     for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
-        _predict_file(
-            model, path, out, args, boundary_class=boundary_class, postprocess=postprocess
-        )
+        _predict_file(model, path, out, args, postprocess=postprocess)
     return 0
 
 
@@ -228,20 +225,31 @@ def _remove_stale_instances(out: Path, path: Path, args: argparse.Namespace) -> 
         logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
 
 
+def _instances(probabilities: np.ndarray, config, postprocess) -> np.ndarray:
+    """Object ids of (C, ...) probabilities; the pages of a 2-D network's stack are
+    segmented one by one and numbered on, so every id names one object in the stack."""
+    from biounet.postprocess import instances_from_probabilities
+
+    per_page = probabilities.ndim == config.ndim + 2
+    pages_first = np.moveaxis(probabilities, 1, 0) if per_page else probabilities[None]
+    pages, n_objects = [], 0
+    for one in pages_first:
+        page = instances_from_probabilities(
+            one, boundary_class=config.boundary_class, config=postprocess
+        ).astype(np.int64)
+        pages.append(np.where(page > 0, page + n_objects, 0))
+        n_objects += int(page.max(initial=0))
+    instances = np.stack(pages) if per_page else pages[0]
+    return instances.astype(np.uint16 if n_objects < 2**16 else np.uint32)
+
+
 def _predict_file(
-    model,
-    path: Path,
-    out: Path,
-    args: argparse.Namespace,
-    *,
-    boundary_class: bool = False,
-    postprocess=None,
+    model, path: Path, out: Path, args: argparse.Namespace, *, postprocess=None
 ) -> None:
     from biounet.data.io import read_image, write_tiff
     from biounet.data.prepare import prepare_page, split_pages
     from biounet.inference.predict import predict_tiled
     from biounet.inference.tta import predict_tta
-    from biounet.postprocess import instances_from_probabilities
 
     predict = predict_tta if args.tta else predict_tiled
     config = model.config
@@ -275,17 +283,4 @@ def _predict_file(
         write_tiff(targets["probabilities"], probabilities)
     _remove_stale_instances(out, path, args)
     if args.instances:
-        # pages of a 2-D network are separate images: objects are found page by page,
-        # numbered on across pages so that every id names one object in the stack
-        per_page = probabilities.ndim == config.ndim + 2
-        pages_first = np.moveaxis(probabilities, 1, 0) if per_page else probabilities[None]
-        pages, n_objects = [], 0
-        for one in pages_first:
-            page = instances_from_probabilities(
-                one, boundary_class=boundary_class, config=postprocess
-            ).astype(np.int64)
-            pages.append(np.where(page > 0, page + n_objects, 0))
-            n_objects += int(page.max(initial=0))
-        instances = np.stack(pages) if per_page else pages[0]
-        dtype = np.uint16 if instances.max(initial=0) < 2**16 else np.uint32
-        write_tiff(targets["instances"], instances.astype(dtype))
+        write_tiff(targets["instances"], _instances(probabilities, config, postprocess))
