@@ -164,3 +164,20 @@ def test_3d_stack_train_predict_evaluate(tmp_path, rng, capsys):
     overall = json.loads(report.read_text())["overall"]
     assert overall["n_images"] == 1
     assert all(np.isfinite(overall[key]) for key in ("seg", "ap_50", "dsb_score"))
+
+
+def test_boundary_class_from_the_command_line(tmp_path, rng, capsys):
+    data = write_pairs(tmp_path / "data", rng)
+    config = tmp_path / "boundary.json"
+    config.write_text(json.dumps({
+        "model": {"depth": 2, "base_channels": 4, "n_classes": 3, "boundary_class": True},
+        "train": {"tile_shape": [60, 60], "workers": 0, "validate_every": 2, "checkpoint_every": 2},
+    }))
+    common = ["train", "--data", str(data), "--config", str(config), "--iterations", "2", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "run"), "--label-kind", "semantic"]) == 2
+    assert "--label-kind semantic: model.boundary_class derives its classes from instance labels" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main([*common, "--out", str(tmp_path / "run")]) == 0
+    from biounet.weightfile import load_model
+
+    assert load_model(tmp_path / "run" / "best.safetensors").config.boundary_class

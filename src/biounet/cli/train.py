@@ -92,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     _check_tile_shape(config)
+    if config.model.boundary_class and args.label_kind == "semantic":
+        raise ValueError(
+            "--label-kind semantic: model.boundary_class derives its classes from instance "
+            "labels; give instance (or binary) labels"
+        )
     train_items, val_items = _load_data(args, config)
     from biounet.training.trainer import Trainer
 
