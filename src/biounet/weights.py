@@ -146,6 +146,7 @@ def balanced_class_map(classes: np.ndarray) -> np.ndarray:
         raise ValueError("classes must be non-negative integers")
     counts = np.bincount(classes.ravel())
     n_present = int(np.count_nonzero(counts))
+    # an absent class gets weight 0, which no pixel uses: avoids dividing by 0
     weights = np.zeros(counts.shape, dtype=np.float64)
     weights[counts > 0] = classes.size / (n_present * counts[counts > 0])
     return weights[classes].astype(np.float32)
@@ -224,12 +225,7 @@ def _class_weight_map(
         return np.ones(labels.shape, dtype=np.float32)
     is_foreground = labels != 0
     if class_weights == "balanced":
-        n_pixels = labels.size
-        n_foreground = int(np.count_nonzero(is_foreground))
-        counts = (n_pixels - n_foreground, n_foreground)
-        n_present = sum(count > 0 for count in counts)
-        # an absent class gets weight 0, which no pixel uses: avoids dividing by 0
-        class_weights = tuple(n_pixels / (n_present * count) if count else 0.0 for count in counts)
+        return balanced_class_map(is_foreground.astype(np.int64))
     background_weight, foreground_weight = class_weights
     return np.where(is_foreground, foreground_weight, background_weight).astype(np.float32)
 

@@ -193,8 +193,8 @@ def test_post_processing_flags_of_instances(tiny_unet, model_file, tmp_path, rng
 def test_post_processing_help_names_the_library_defaults():
     import argparse
 
-    from biounet.cli.postprocess_args import add_postprocess_arguments
-    from biounet.postprocess import PostprocessConfig
+    from biounet.cli.postprocess_args import SEEDS, add_postprocess_arguments
+    from biounet.postprocess import SEED_METHODS, PostprocessConfig
 
     parser = argparse.ArgumentParser()
     add_postprocess_arguments(parser, used_by="test")
@@ -203,6 +203,7 @@ def test_post_processing_help_names_the_library_defaults():
     assert f"(default: {defaults.threshold})" in helps["threshold"]
     assert f"(default: {defaults.min_size})" in helps["min_size"]
     assert defaults.watershed is True  # --no-watershed turns off what is on by default
+    assert SEEDS == SEED_METHODS and defaults.seeds == "distance"
 
 
 def test_overwrite_removes_instances_of_an_earlier_run(model_file, tmp_path, rng, capsys):

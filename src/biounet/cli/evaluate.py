@@ -129,10 +129,11 @@ def _evaluate_passes(samples, passes, postprocess):
     from biounet.evaluation import EvaluationReport, evaluate
 
     report, n_maps = EvaluationReport(), 0
+    # a SampleList reads its files on every access: read the ground truth once for all passes
+    truths = [(sample.name, sample.labels) for sample in samples]
     for pass_groups, files in passes:
         triples = [
-            (sample.name, sample.labels, read_image(files[sample.name], name="prediction"))
-            for sample in samples
+            (name, labels, read_image(files[name], name="prediction")) for name, labels in truths
         ]
         if pass_groups != ["isbi"]:
             n_maps += sum(prediction.dtype.kind == "f" for _, _, prediction in triples)
