@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 from torch import nn
 
 # The `name as name` imports re-export what the CLI, tests and benchmarks import from here.
@@ -37,9 +36,6 @@ from biounet.inference.blockwise_normalization import (
     Normalization,
     _check_normalization,
     _make_normalizer,
-)
-from biounet.inference.blockwise_normalization import (
-    _histogram_percentile as _histogram_percentile,
 )
 from biounet.inference.blockwise_source import (
     _check_source,
@@ -96,10 +92,11 @@ def predict_blockwise(
         resume: skip blocks a previous run of the same prediction finished in `target`.
         progress: show a progress bar over blocks.
         normalization: None (the source is fed as it is), "percentile" (1st/99.8th
-            percentile of each channel to 0/1, exact for integer sources of up to 16
-            bits), "zscore" (each channel to zero mean, unit variance), or a function
-            of a (C, *spatial) float32 window that must act pixel by pixel (it sees
-            blocks, not the image) and must not modify its input.
+            percentile of each channel to 0/1, the percentiles `np.percentile` gives in
+            memory, for every integer and float dtype, found in one to four passes over
+            the source), "zscore" (each channel to zero mean, unit variance), or a
+            function of a (C, *spatial) float32 window that must act pixel by pixel (it
+            sees blocks, not the image) and must not modify its input.
 
     Returns:
         The output zarr array, (n_classes, *spatial) float32 probabilities.
@@ -120,12 +117,14 @@ def predict_blockwise(
         _check_source(opened.array, config)
         spatial_shape = tuple(int(size) for size in opened.array.shape[-config.ndim :])
         grid = plan_tiles(config, spatial_shape, tile_shape=tile_shape, memory_budget=memory_budget)
-        _check_normalization(normalization, np.dtype(opened.array.dtype))
+        _check_normalization(normalization)
         # Every check that needs no target comes first, so bad input leaves no target behind.
         executor = _make_executor(scheduler)
         try:
             if executor.is_distributed:
                 _check_shareable(opened, target)
+            # whole-image statistics read the source first, so a NaN leaves no target behind
+            normalizer = _make_normalizer(normalization, opened, spatial_shape, executor)
             output, blocks = _open_target(
                 target, (config.n_classes, *spatial_shape), grid, block_shape, resume=resume
             )
@@ -144,7 +143,7 @@ def predict_blockwise(
                     grid=grid,
                     block_shape=blocks,
                     batch_size=int(min(max(memory_budget // per_tile, 1), largest)),
-                    normalizer=_make_normalizer(normalization, opened, grid, blocks, executor),
+                    normalizer=normalizer,
                 )
                 _run_blocks(job, tiles, record, executor, progress=progress)
         finally:

@@ -1,15 +1,20 @@
 """Whole-image normalisation for `predict_blockwise`, from statistics gathered block by block.
 
-Every block contributes, per channel, a histogram of its values ("percentile", exact
-for integer sources of up to 16 bits) or its count, mean and sum of squared
-deviations ("zscore", combined pairwise after Chan et al.). The result is one affine
-map per channel, applied to every window, so each block is normalised with the
-whole image's statistics as data.normalize does in memory.
+"percentile" finds, per channel, the order statistics `np.percentile` interpolates
+between, by radix selection: every value is mapped to an unsigned key of its width
+that sorts as the value does (IEEE bits for floats), and each pass over the blocks
+histograms the next 16 bits of the keys that share the prefixes found so far. One
+pass settles 8- and 16-bit sources, two 32-bit ones, four 64-bit ones; in each pass a
+region returns at most four 65536-bin histograms (2 MB) per channel. "zscore" gathers each block's count,
+mean and sum of squared deviations, combined pairwise after Chan et al. The result
+is one affine map per channel, applied to every window, so each block is normalised
+with the whole image's statistics as data.normalize does in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -20,11 +25,13 @@ from biounet.inference.blockwise_source import _SourceReference
 
 NORMALIZATIONS = ("percentile", "zscore")
 _PERCENTILES = (1.0, 99.8)  # as data.normalize.normalize_percentile and the predict CLI
+_DIGIT_BITS = 16
+_REGION_PIXELS = 2048 * 2048
 
 Normalization = str | Callable[[np.ndarray], np.ndarray] | None
 
 
-def _check_normalization(normalization: Normalization, dtype: np.dtype) -> None:
+def _check_normalization(normalization: Normalization) -> None:
     if normalization is None or callable(normalization):
         return
     if normalization not in NORMALIZATIONS:
@@ -32,51 +39,170 @@ def _check_normalization(normalization: Normalization, dtype: np.dtype) -> None:
             f"normalization must be None, one of {list(NORMALIZATIONS)} or a function, got "
             f"{normalization!r}"
         )
-    if normalization == "percentile" and not (
-        dtype.kind == "b" or (dtype.kind in "iu" and dtype.itemsize <= 2)
-    ):
-        raise ValueError(
-            f"normalization='percentile' is exact only for integer sources of up to 16 bits, "
-            f"got dtype {dtype}; use 'zscore' (biounet predict --normalization zscore), "
-            "normalise the source beforehand or pass a function"
-        )
 
 
-def _make_normalizer(normalization: Normalization, opened, grid, blocks, executor):
+def _make_normalizer(normalization: Normalization, opened, spatial_shape, executor):
     """Return a per-window function applying `normalization` with whole-image statistics."""
     if normalization is None or callable(normalization):
         return normalization
-    dtype = np.dtype(opened.array.dtype)
+    # regions of about 4 Mpx, as the default blocks: statistics need no tile alignment
+    side = max(1, round(_REGION_PIXELS ** (1 / len(spatial_shape))))
     regions = [
-        tuple(slice(i * size, (i + 1) * size) for i, size in zip(index, blocks))
-        for index in itertools.product(
-            *(range(-(-extent // size)) for extent, size in zip(grid.image_shape, blocks))
-        )
+        tuple(slice(i * side, (i + 1) * side) for i in index)
+        for index in itertools.product(*(range(-(-extent // side)) for extent in spatial_shape))
     ]
+    if normalization == "percentile":
+        return _percentile_affine(opened, regions, executor)
     parts = executor.map(
-        _region_statistics,
+        _region_moments,
         opened.reference(),
-        [(region, normalization) for region in regions],
+        [(region,) for region in regions],
         name="biounet-statistics",
     )
-    if normalization == "percentile":
-        return _percentile_affine(np.sum(parts, axis=0), dtype)
     return _zscore_affine(parts)
 
 
-def _region_statistics(source: _SourceReference, region, normalization: str) -> np.ndarray:
-    """Per channel: a histogram of all values, or (count, mean, sum of squared deviations)."""
-    values = np.asarray(source.open()[(Ellipsis, *region)])
-    values = values.reshape(values.shape[0] if values.ndim > len(region) else 1, -1)
-    if normalization == "percentile":
-        low = 0 if values.dtype.kind == "b" else int(np.iinfo(values.dtype).min)
-        n_values = 2 ** (8 * values.dtype.itemsize) if values.dtype.kind != "b" else 2
-        shifted = values.astype(np.int64) - low
-        return np.stack([np.bincount(row, minlength=n_values) for row in shifted])
-    values = values.astype(np.float64)
+def _region_moments(source: _SourceReference, region) -> np.ndarray:
+    """Per channel: (count, mean, sum of squared deviations) of the region's values."""
+    values = _region_values(source, region).astype(np.float64)
     means = values.mean(axis=1)
     squares = ((values - means[:, None]) ** 2).sum(axis=1)
     return np.stack([np.full_like(means, values.shape[1]), means, squares], axis=1)
+
+
+def _region_values(source: _SourceReference, region) -> np.ndarray:
+    """The region's values as (channels, pixels), refusing NaN and infinity."""
+    values = np.asarray(source.open()[(Ellipsis, *region)])
+    values = values.reshape(values.shape[0] if values.ndim > len(region) else 1, -1)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        start = tuple(part.start for part in region)
+        raise ValueError(
+            f"source has NaN or infinite values in the block starting at {start}; "
+            "normalisation needs finite values"
+        )
+    return values
+
+
+def _percentile_affine(opened, regions, executor) -> _Affine:
+    """Map each channel's 1st and 99.8th percentiles to 0 and 1, as normalize_percentile."""
+    shape = opened.array.shape
+    n_channels = shape[0] if len(shape) > len(regions[0]) else 1
+    n_values = math.prod(shape[-len(regions[0]) :])
+    positions = [q / 100 * (n_values - 1) for q in _PERCENTILES]
+    neighbours = [(math.floor(p), min(math.floor(p) + 1, n_values - 1)) for p in positions]
+    ranks = sorted({rank for pair in neighbours for rank in pair})
+    offsets, inverses = [], []
+    for values in _order_statistics(opened, regions, executor, n_channels, ranks):
+        bottom, top = (
+            _lerp(values[low], values[high], p) for (low, high), p in zip(neighbours, positions)
+        )
+        divisor = top - bottom + 1e-20 if top > bottom else 1.0
+        offsets.append(bottom)
+        inverses.append(1.0 / divisor)
+    return _Affine(np.array(offsets, np.float32), np.array(inverses, np.float32))
+
+
+def _order_statistics(opened, regions, executor, n_channels: int, ranks: list[int]):
+    """Per channel, {rank: value} of the 0-based order statistics `ranks`, by radix selection.
+
+    Values come back as data.normalize's float copy holds them (float32, or float64 for
+    64-bit floats and integers wider than 16 bits), so a conversion that rounds (int64
+    to float64) is applied after the selection, which it cannot reorder.
+    """
+    dtype = np.dtype(opened.array.dtype)
+    width = 8 * _key_dtype(dtype).itemsize
+    digit = min(width, _DIGIT_BITS)
+    # per channel and rank: [key prefix found so far, rank among the keys sharing it]
+    state = [{rank: [0, rank] for rank in ranks} for _ in range(n_channels)]
+    for shift in range(width - digit, -1, -digit):
+        prefixes = tuple(tuple(sorted({p for p, _ in channel.values()})) for channel in state)
+        parts = executor.map(
+            _region_digit_histograms,
+            opened.reference(),
+            [(region, shift, digit, prefixes) for region in regions],
+            name="biounet-statistics",
+        )
+        counts = functools.reduce(np.add, parts)
+        for c, channel in enumerate(state):
+            for entry in channel.values():
+                prefix, within = entry
+                cumulative = np.cumsum(counts[c, prefixes[c].index(prefix)])
+                value = int(np.searchsorted(cumulative, within, side="right"))
+                below = int(cumulative[value - 1]) if value else 0
+                entry[:] = (prefix << digit) | value, within - below
+    copy_dtype = np.float64 if dtype.itemsize > (4 if dtype.kind == "f" else 2) else np.float32
+    return [
+        {
+            rank: float(_key_value(key, dtype).astype(copy_dtype))
+            for rank, (key, _) in entries.items()
+        }
+        for entries in state
+    ]
+
+
+def _region_digit_histograms(
+    source: _SourceReference, region, shift: int, digit: int, prefixes: tuple
+) -> np.ndarray:
+    """(channels, prefixes, 2**digit) counts of key bits [shift, shift + digit) by prefix."""
+    keys = _order_keys(_region_values(source, region))
+    width = 8 * keys.dtype.itemsize
+    n_prefixes = max(map(len, prefixes))
+    counts = np.zeros((keys.shape[0], n_prefixes, 2**digit), dtype=np.int64)
+    mask = keys.dtype.type(2**digit - 1)
+    for c, (row, channel_prefixes) in enumerate(zip(keys, prefixes)):
+        digits = (row >> keys.dtype.type(shift)) & mask
+        if shift + digit >= width:  # the first pass: no prefix yet
+            counts[c, 0] = np.bincount(digits.astype(np.intp), minlength=2**digit)
+            continue
+        high = row >> keys.dtype.type(shift + digit)
+        for p, prefix in enumerate(channel_prefixes):
+            counts[c, p] = np.bincount(digits[high == prefix].astype(np.intp), minlength=2**digit)
+    return counts
+
+
+def _key_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.uint8) if dtype.kind == "b" else np.dtype(f"u{dtype.itemsize}")
+
+
+def _order_keys(values: np.ndarray) -> np.ndarray:
+    """Unsigned integers of the same width that sort as `values` do.
+
+    Example:
+        >>> values = np.array([-2.5, -0.0, 0.0, 1e-30, 3.0], dtype=np.float32)
+        >>> bool(np.all(np.diff(_order_keys(values).astype(np.int64)) > 0))
+        True
+    """
+    key = _key_dtype(values.dtype)
+    bits = np.ascontiguousarray(values).view(key)
+    if values.dtype.kind in "bu":
+        return bits
+    sign = key.type(1 << (8 * key.itemsize - 1))
+    if values.dtype.kind == "i":
+        return bits ^ sign
+    # IEEE floats: negative values sort in reverse, so all their bits flip
+    return np.where(bits & sign, ~bits, bits | sign)
+
+
+def _key_value(key: int, dtype: np.dtype) -> np.ndarray:
+    """The value of `dtype` whose `_order_keys` key is `key` (a 0-d array)."""
+    kind = _key_dtype(dtype)
+    bits = np.array(key, dtype=kind)
+    if dtype.kind == "b":
+        return bits.astype(bool)
+    if dtype.kind == "u":
+        return bits
+    sign = kind.type(1 << (8 * kind.itemsize - 1))
+    if dtype.kind == "i":
+        return (bits ^ sign).view(dtype)
+    return (bits ^ sign if bits & sign else ~bits).view(dtype)
+
+
+def _lerp(lower: float, upper: float, position: float) -> float:
+    """np.percentile's interpolation between neighbouring order statistics (symmetric lerp)."""
+    fraction = position - math.floor(position)
+    if fraction >= 0.5:
+        return float(upper - (upper - lower) * (1 - fraction))
+    return float(lower + (upper - lower) * fraction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,45 +217,6 @@ class _Affine:
         result = window - self.offset.reshape(shape)
         result *= self.inverse.reshape(shape)
         return result
-
-
-def _percentile_affine(histograms: np.ndarray, dtype: np.dtype) -> _Affine:
-    # float64 statistics cast at the end, as normalize_percentile's np.percentile gives them
-    first_value = 0 if dtype.kind == "b" else int(np.iinfo(dtype).min)
-    offsets, inverses = [], []
-    for counts in histograms:
-        bottom, top = (
-            _histogram_percentile(counts, q, first_value=first_value) for q in _PERCENTILES
-        )
-        divisor = top - bottom + 1e-20 if top > bottom else 1.0
-        offsets.append(bottom)
-        inverses.append(1.0 / divisor)
-    return _Affine(np.array(offsets, np.float32), np.array(inverses, np.float32))
-
-
-def _histogram_percentile(counts: np.ndarray, q: float, *, first_value: int = 0) -> float:
-    """The `q`-th percentile of the values whose histogram is `counts`.
-
-    Bin i counts the value ``first_value + i``. Linear interpolation between order
-    statistics, computed as `np.percentile` does (including its symmetric lerp).
-
-    Example:
-        >>> values = np.array([3, 7, 7, 1, 9])
-        >>> _histogram_percentile(np.bincount(values), 40.0)  # 3 + 0.6 * (7 - 3)
-        5.4
-        >>> np.percentile(values, [40.0]).item()
-        5.4
-    """
-    cumulative = np.cumsum(counts)
-    n_values = int(cumulative[-1])
-    position = q / 100 * (n_values - 1)
-    below = math.floor(position)
-    ranks = [below, min(below + 1, n_values - 1)]
-    lower, upper = np.searchsorted(cumulative, ranks, side="right") + float(first_value)
-    fraction = position - below
-    if fraction >= 0.5:
-        return float(upper - (upper - lower) * (1 - fraction))
-    return float(lower + (upper - lower) * fraction)
 
 
 def _zscore_affine(parts: list[np.ndarray]) -> _Affine:
