@@ -22,7 +22,7 @@ def reference_coordinates(spatial_shape, transform, field):
     out = np.empty((len(spatial_shape), *spatial_shape))
     for index in itertools.product(*map(range, spatial_shape)):
         position = np.asarray(index, dtype=float)
-        rigid = transform.matrix.T @ (position - centre - transform.shift) + centre
+        rigid = transform.matrix.T @ (position - centre - transform.shift) / transform.zoom + centre
         out[(slice(None), *index)] = rigid + field[(slice(None), *index)]
     return out
 
@@ -66,6 +66,28 @@ def test_sample_rigid_transform_respects_bounds_and_seed(rng):
     assert not np.array_equal(first.matrix, other.matrix)
 
 
+def test_zoom_is_log_uniform_and_draws_after_the_rest(rng):
+    zooms = [sample_rigid_transform(2, scale_range=(0.5, 2.0), rng=seed).zoom for seed in range(2000)]
+    assert min(zooms) >= 0.5 and max(zooms) <= 2.0
+    # log-uniform: as many draws below 1 as above it
+    assert abs(np.mean(np.array(zooms) < 1.0) - 0.5) < 0.05
+    plain, zoomed = (sample_rigid_transform(3, max_tilt_deg=20.0, scale_range=r, rng=9)
+                     for r in [(1.0, 1.0), (0.7, 1.4)])
+    np.testing.assert_array_equal(plain.matrix, zoomed.matrix)  # old seeds keep their draws
+    np.testing.assert_array_equal(plain.shift, zoomed.shift)
+    assert plain.zoom == 1.0 and zoomed.zoom != 1.0
+    with pytest.raises(ValueError, match="scale_range must"):
+        sample_rigid_transform(2, scale_range=(1.2, 0.8))
+
+
+def test_zoom_moves_content_away_from_the_centre():
+    image = np.zeros((21, 21))
+    image[10 - 3, 10 + 2] = 1.0  # 3 up and 2 right of the centre
+    transform = RigidTransform(np.eye(2), np.zeros(2), zoom=2.0)
+    out = warp(image, source_coordinates(image.shape, transform=transform), order=0)
+    assert out[10 - 6, 10 + 4] == 1.0 and out[10 - 3, 10 + 2] == 0.0
+
+
 def test_flip_probability_one_flips_every_axis(rng):
     transform = sample_rigid_transform(
         2, max_rotation_deg=0.0, max_shift_px=0.0, flip_probability=1.0, rng=rng
@@ -76,9 +98,10 @@ def test_flip_probability_one_flips_every_axis(rng):
 
 
 @pytest.mark.parametrize("spatial_shape", [(5, 7), (3, 4, 6)])
-def test_source_coordinates_equals_reference(spatial_shape, rng):
+@pytest.mark.parametrize("scale_range", [(1.0, 1.0), (0.6, 1.5)])
+def test_source_coordinates_equals_reference(spatial_shape, scale_range, rng):
     ndim = len(spatial_shape)
-    transform = sample_rigid_transform(ndim, max_tilt_deg=30.0, rng=rng)
+    transform = sample_rigid_transform(ndim, max_tilt_deg=30.0, scale_range=scale_range, rng=rng)
     field = rng.normal(0, 2, (ndim, *spatial_shape))
     expected = reference_coordinates(spatial_shape, transform, field)
     np.testing.assert_allclose(

@@ -6,7 +6,8 @@ import torch
 
 from biounet.augment.pipeline import AugmentConfig
 from biounet.config import TrainConfig, UNetConfig
-from biounet.data.dataset import TileDataset, make_training_image
+from biounet.augment.geometric import RigidTransform, rotation_matrix, source_coordinates
+from biounet.data.dataset import TileDataset, _augment_margin, make_training_image
 
 
 def cells(shape, rng):
@@ -110,3 +111,18 @@ def test_boundary_class_needs_three_classes():
     with pytest.raises(TypeError, match="boundary_class must be true or false"):
         UNetConfig(n_classes=3, boundary_class=1)
     assert UNetConfig.from_json(UNetConfig(n_classes=3, boundary_class=True).to_json()).boundary_class
+
+
+@pytest.mark.parametrize("scale_range", [(1.0, 1.0), (0.5, 1.5)])
+def test_margin_holds_every_read_of_a_zoomed_out_rotated_shifted_tile(scale_range):
+    config = AugmentConfig(elastic_sigma_px=0.0, max_shift_px=6.0, scale_range=scale_range)
+    tile = (60, 44)
+    margin = _augment_margin(tile, config)
+    window = tuple(t + 2 * m for t, m in zip(tile, margin))
+    for angle in (0.0, 30.0, 45.0, 90.0, 135.0):
+        for shift in ([6.0, 6.0], [-6.0, 6.0]):
+            worst = RigidTransform(rotation_matrix(angle, ndim=2), np.array(shift), scale_range[0])
+            reads = source_coordinates(window, transform=worst)[:, margin[0] : margin[0] + tile[0],
+                                                                 margin[1] : margin[1] + tile[1]]
+            assert reads.min() >= -1e-9
+            assert all(reads[axis].max() <= window[axis] - 1 + 1e-9 for axis in range(2))

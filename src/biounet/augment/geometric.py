@@ -1,14 +1,16 @@
-"""Rigid transforms (rotation, shift, flip) as coordinate maps, and resampling at coordinates.
+"""Rigid transforms (rotation, shift, flip, optional zoom) as coordinate maps, and resampling.
 
-Shift and rotation augmentation of Ronneberger et al. 2015, Sec. 3.1. Every geometric
+Shift and rotation augmentation of Ronneberger et al. 2015, Sec. 3.1; the isotropic zoom
+is not in the paper (it is nnU-Net's scaling augmentation) and is off by default. Every geometric
 augmentation in `biounet.augment` is a *coordinate map*: for each output pixel x, the
 position in the input to read from. A rigid transform and an elastic displacement field
 compose into one map (`source_coordinates`), so each array is interpolated once.
 
 Conventions:
     * Positions are pixel indices; axis order is (Y, X) or (Z, Y, X).
-    * A `RigidTransform` describes how the *content* moves: ``y = matrix @ (x - c) + c + shift``
-      with c the centre of the array, ``(size - 1) / 2`` per axis. A rotation by +90 degrees
+    * A `RigidTransform` describes how the *content* moves:
+      ``y = zoom * matrix @ (x - c) + c + shift`` with c the centre of the array,
+      ``(size - 1) / 2`` per axis. A rotation by +90 degrees
       in the (Y, X) plane equals ``np.rot90(image)`` (from the first towards the second axis).
     * Reads beyond the borders are mirrored about the first and last pixel without
       repeating them (scipy's ``mode="mirror"``, numpy's ``"reflect"``), the mirroring of the
@@ -33,14 +35,15 @@ _ROTATION_PLANES = {2: ((0, 1),), 3: ((1, 2), (0, 2), (0, 1))}
 
 @dataclass(frozen=True, eq=False)
 class RigidTransform:
-    """Rotation/flip `matrix` (ndim, ndim) and `shift` (ndim,) in pixels moving the content.
+    """Rotation/flip `matrix` (ndim, ndim), `shift` (ndim,) in pixels and `zoom` moving the content.
 
-    The content at input position x appears at ``matrix @ (x - c) + c + shift`` in the
-    output, c being the array centre. `matrix` is orthogonal.
+    The content at input position x appears at ``zoom * matrix @ (x - c) + c + shift`` in
+    the output, c being the array centre. `matrix` is orthogonal; `zoom` > 1 magnifies.
     """
 
     matrix: np.ndarray
     shift: np.ndarray
+    zoom: float = 1.0
 
     @classmethod
     def identity(cls, ndim: int) -> RigidTransform:
@@ -48,7 +51,11 @@ class RigidTransform:
 
     @property
     def is_identity(self) -> bool:
-        return bool(np.array_equal(self.matrix, np.eye(len(self.shift))) and not self.shift.any())
+        return bool(
+            np.array_equal(self.matrix, np.eye(len(self.shift)))
+            and not self.shift.any()
+            and self.zoom == 1.0
+        )
 
 
 def rotation_matrix(angles_deg: float | Sequence[float], *, ndim: int) -> np.ndarray:
@@ -89,14 +96,17 @@ def sample_rigid_transform(
     max_tilt_deg: float = 0.0,
     max_shift_px: float | Sequence[float] = 8.0,
     flip_probability: float = 0.5,
+    scale_range: tuple[float, float] = (1.0, 1.0),
     rng: np.random.Generator | int | None = None,
 ) -> RigidTransform:
-    """Draw a random rotation, shift and flip (Ronneberger et al. 2015, Sec. 3.1).
+    """Draw a random rotation, shift, flip and zoom (Ronneberger et al. 2015, Sec. 3.1).
 
     The (Y, X) rotation angle is uniform in [-max_rotation_deg, max_rotation_deg]; in 3-D
     the two out-of-plane angles are uniform in [-max_tilt_deg, max_tilt_deg]. The shift is
     uniform in [-max_shift_px, max_shift_px] per axis, sub-pixel. Each axis is flipped
-    independently with `flip_probability`; the flip is applied before the rotation.
+    independently with `flip_probability`; the flip is applied before the rotation. The
+    zoom is log-uniform in `scale_range` (not in the paper; (1, 1), the default, draws
+    nothing, so seeds give the same transforms as without it).
 
     Example:
         >>> sample_rigid_transform(2, max_rotation_deg=0, max_shift_px=0,
@@ -113,6 +123,9 @@ def sample_rigid_transform(
             "max_rotation_deg, max_tilt_deg and max_shift_px must be >= 0, got "
             f"{max_rotation_deg}, {max_tilt_deg}, {max_shift_px}"
         )
+    low, high = (float(value) for value in scale_range)
+    if not 0.0 < low <= high:
+        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
     rng = np.random.default_rng(rng)
     n_tilts = 2 if ndim == 3 else 0
     angles = [rng.uniform(-max_rotation_deg, max_rotation_deg)]
@@ -121,7 +134,8 @@ def sample_rigid_transform(
     matrix = rotation_matrix(angles, ndim=ndim) if any(angles) else np.eye(ndim)
     flips = np.where(rng.random(ndim) < flip_probability, -1.0, 1.0)
     shift = rng.uniform(-max_shift, max_shift)
-    return RigidTransform(matrix * flips, shift)
+    zoom = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low < high else low
+    return RigidTransform(matrix * flips, shift, zoom)
 
 
 def source_coordinates(
@@ -134,7 +148,7 @@ def source_coordinates(
     """Return the input position read by every output pixel: (ndim, *spatial_shape).
 
     With c the centre and u the per-pixel elastic displacement (input axes, sampled on the
-    output grid), ``source(x) = matrix.T @ (x - c - shift) + c + u(x)``: the inverse rigid
+    output grid), ``source(x) = matrix.T @ (x - c - shift) / zoom + c + u(x)``: the inverse
     transform plus the deformation, one map, so each array is interpolated once. The grid
     displacements are i.i.d. isotropic Gaussians, so adding u unrotated draws from the same
     distribution as rotating it, and a per-axis sigma stays along the input's axes (Z of an
@@ -167,7 +181,7 @@ def source_coordinates(
             f"got {displacement_field.shape}"
         )
     centre = (np.asarray(spatial_shape) - 1) / 2
-    inverse = transform.matrix.T  # orthogonal
+    inverse = transform.matrix.T / transform.zoom  # matrix is orthogonal
     coordinates = np.empty((ndim, *spatial_shape), dtype=dtype)
     for out_axis, output in enumerate(coordinates):
         # The affine part is a sum of 1-D ramps, one per axis: broadcast-add them in place.

@@ -1,6 +1,6 @@
 """Augment (image, labels, weights) for training in one pass (Ronneberger et al. 2015, Sec. 3.1).
 
-`augment` draws a rigid transform (rotation, shift, flip), an elastic displacement grid
+`augment` draws a rigid transform (rotation, shift, flip, optional zoom), an elastic displacement grid
 and a grey-value change, composes the geometric parts into one coordinate map and
 resamples each array exactly once: the image cubic, the labels nearest (ids stay ids),
 the weight map linear; then it varies the image's grey values.
@@ -59,6 +59,10 @@ class AugmentConfig(_JsonConfig):
             positions this covers every phase of a depth-4 pooling grid, 16 px).
         flip_probability: chance to mirror each axis (0.5; not in the paper, but cells
             have no handedness and a flip costs nothing inside the same coordinate map).
+        scale_range: isotropic zoom, log-uniform in (low, high); (1, 1), the paper's
+            and the default, is off. nnU-Net draws (0.7, 1.4); a zoom below 1 shows
+            smaller objects than the data holds. The weight map is resampled with the
+            image, so its border term scales too.
         brightness_range, contrast_range, gamma_range, noise_sigma: grey-value variation,
             see `biounet.augment.intensity.sample_intensity_change` (noise off, as in
             the paper).
@@ -76,6 +80,7 @@ class AugmentConfig(_JsonConfig):
     max_tilt_deg: float = 0.0
     max_shift_px: float | tuple[float, ...] = 8.0
     flip_probability: float = 0.5
+    scale_range: tuple[float, float] = (1.0, 1.0)
     brightness_range: tuple[float, float] = (-0.1, 0.1)
     contrast_range: tuple[float, float] = (0.8, 1.25)
     gamma_range: tuple[float, float] = (0.8, 1.25)
@@ -172,6 +177,7 @@ def _sample_parameters(
         max_tilt_deg=config.max_tilt_deg,
         max_shift_px=config.max_shift_px,
         flip_probability=config.flip_probability,
+        scale_range=config.scale_range,
         rng=rng,
     )
     change = sample_intensity_change(

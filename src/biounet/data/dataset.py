@@ -238,10 +238,16 @@ def _augment_margin(tile_shape: tuple[int, ...], config: AugmentConfig | None) -
     rotating = range(len(tile_shape)) if is_tilted else range(len(tile_shape) - 2, len(tile_shape))
     rotates = config.max_rotation_deg > 0 or is_tilted
     diagonal = math.sqrt(sum(tile_shape[axis] ** 2 for axis in rotating))
+    # a zoom below 1 shows 1/zoom times more of the input, shift included
+    widest = 1.0 / min(float(config.scale_range[0]), 1.0)
     margins = []
+    # the shift acts before the inverse rotation, so on a rotating axis it can reach its norm
+    shift_norm = math.sqrt(sum(shift[axis] ** 2 for axis in rotating))
     for axis, size in enumerate(tile_shape):
-        reach = (diagonal - size) / 2 if rotates and axis in rotating else 0.0
-        margins.append(int(math.ceil(reach + 3 * sigma[axis] + shift[axis])))
+        turns = rotates and axis in rotating
+        reach = ((diagonal if turns else size) * widest - size) / 2
+        moved = (shift_norm if turns else shift[axis]) * widest
+        margins.append(int(math.ceil(reach + 3 * sigma[axis] + moved)))
     return tuple(margins)
 
 
