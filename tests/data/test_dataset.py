@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from biounet.augment.geometric import RigidTransform, rotation_matrix, source_coordinates
 from biounet.augment.pipeline import AugmentConfig
 from biounet.config import TrainConfig, UNetConfig
-from biounet.augment.geometric import RigidTransform, rotation_matrix, source_coordinates
 from biounet.data.dataset import TileDataset, _augment_margin, make_training_image
 
 

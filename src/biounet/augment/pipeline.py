@@ -1,9 +1,9 @@
 """Augment (image, labels, weights) for training in one pass (Ronneberger et al. 2015, Sec. 3.1).
 
-`augment` draws a rigid transform (rotation, shift, flip, optional zoom), an elastic displacement grid
-and a grey-value change, composes the geometric parts into one coordinate map and
-resamples each array exactly once: the image cubic, the labels nearest (ids stay ids),
-the weight map linear; then it varies the image's grey values.
+`augment` draws a rigid transform (rotation, shift, flip, optional zoom), an elastic
+displacement grid and a grey-value change, composes the geometric parts into one
+coordinate map and resamples each array exactly once: the image cubic, the labels
+nearest (ids stay ids), the weight map linear; then it varies the image's grey values.
 
 Backends: ``"torch"`` (default, the fast path: `torch.nn.functional.grid_sample` via
 `biounet.augment.torch_backend`, imported only when chosen, so numpy-only callers pass

@@ -5,10 +5,10 @@ between, by radix selection: every value is mapped to an unsigned key of its wid
 that sorts as the value does (IEEE bits for floats), and each pass over the blocks
 histograms the next 16 bits of the keys that share the prefixes found so far. One
 pass settles 8- and 16-bit sources, two 32-bit ones, four 64-bit ones; in each pass a
-region returns at most four 65536-bin histograms (2 MB) per channel. "zscore" gathers each block's count,
-mean and sum of squared deviations, combined pairwise after Chan et al. The result
-is one affine map per channel, applied to every window, so each block is normalised
-with the whole image's statistics as data.normalize does in memory.
+region returns at most four 65536-bin histograms (2 MB) per channel. "zscore" gathers
+each block's count, mean and sum of squared deviations, combined pairwise after Chan
+et al. The result is one affine map per channel, applied to every window, so each
+block is normalised with the whole image's statistics as data.normalize does in memory.
 """
 
 from __future__ import annotations
