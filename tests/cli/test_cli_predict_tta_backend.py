@@ -92,3 +92,22 @@ def test_missing_onnxruntime_exits_2_naming_the_extra(
     assert code == 2 and len(error.splitlines()) == 1
     assert "pip install 'biounet[export]'" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_onnxruntime_refuses_options_before_the_export(
+    model_file, image_file, tmp_path, capsys, monkeypatch
+):
+    # a two-class weight file has no interior class: refused without the 15-40 s export
+    pytest.importorskip("onnxruntime")
+    import biounet.export.onnx as onnx_module
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported a model the options refuse")
+
+    monkeypatch.setattr(onnx_module, "export_onnx", no_export)
+    args = ["predict", "--model", str(model_file), str(image_file), "--out", str(tmp_path / "o"),
+            "--backend", "onnxruntime", "--quiet"]
+    assert main([*args, "--instances", "--seeds", "interior"]) == 2
+    assert "--seeds interior needs the interior class" in capsys.readouterr().err
+    assert main([*args, "--tile-shape", "100", "108", "20"]) == 2
+    assert "--tile-shape needs 2 values" in capsys.readouterr().err

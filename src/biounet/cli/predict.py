@@ -166,30 +166,38 @@ def run(args: argparse.Namespace) -> int:
                     raise FileExistsError(
                         f"output {target} already exists; pass --overwrite to replace it"
                     )
+
+    def check(config) -> None:
+        if args.tile_shape is not None and len(args.tile_shape) != config.ndim:
+            raise ValueError(
+                f"--tile-shape needs {config.ndim} values for this {config.ndim}-D "
+                f"model, got {args.tile_shape}"
+            )
+        for path in paths:
+            predict_zarr.check_fits_in_memory(path, config)
+        postprocess_config(args, boundary_class=config.boundary_class)
+
     try:
-        model = _load_network(args.model, backend=args.backend)
+        model = _load_network(args.model, backend=args.backend, check=check)
     except ImportError as error:  # onnxruntime or onnx missing: one line, exit 2
         print(f"biounet predict: error: {error}", file=sys.stderr)
         return 2
-    if args.tile_shape is not None and len(args.tile_shape) != model.config.ndim:
-        raise ValueError(
-            f"--tile-shape needs {model.config.ndim} values for this {model.config.ndim}-D "
-            f"model, got {args.tile_shape}"
-        )
-    for path in paths:
-        predict_zarr.check_fits_in_memory(path, model.config)
+    check(model.config)  # an .onnx model or the torch backend: checked once loaded
     postprocess = postprocess_config(args, boundary_class=model.config.boundary_class)
     for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
         _predict_file(model, path, out, args, postprocess=postprocess)
     return 0
 
 
-def _load_network(model_path: str, *, backend: str):
-    """Return the network to predict with: a `UNet`, or an `OnnxRuntimeBackend`."""
+def _load_network(model_path: str, *, backend: str, check):
+    """Return the network to predict with: a `UNet`, or an `OnnxRuntimeBackend`.
+
+    `check(config)` runs before an ONNX export, so a model the options refuse costs none.
+    """
     if backend == "onnxruntime":
         from biounet.export.onnx import load_onnx_backend
 
-        return load_onnx_backend(model_path)
+        return load_onnx_backend(model_path, check=check)
     from biounet.weightfile import load_model
 
     if Path(model_path).suffix.lower() == ".onnx":

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -292,7 +292,10 @@ class OnnxRuntimeBackend(nn.Module):
 
 
 def load_onnx_backend(
-    path: str | os.PathLike, *, n_threads: int | None = None
+    path: str | os.PathLike,
+    *,
+    n_threads: int | None = None,
+    check: Callable[[UNetConfig], None] | None = None,
 ) -> OnnxRuntimeBackend:
     """Return an `OnnxRuntimeBackend` for a biounet ONNX file or any biounet model file.
 
@@ -300,6 +303,8 @@ def load_onnx_backend(
     it is. A safetensors weight file or bioimage.io package is exported first, with
     the default exporter and the same check against PyTorch as `export_onnx` (15-40 s
     for the paper's network on 2 cores), so export once to skip that on every run.
+    `check`, if given, sees the network's config before that export, so a caller's
+    refusal of the model costs no export.
 
     Raises:
         FileNotFoundError: if `path` does not exist.
@@ -314,6 +319,8 @@ def load_onnx_backend(
     if path.suffix.lower() == ".onnx":
         return OnnxRuntimeBackend(path, n_threads=n_threads)
     model = load_model(path)
+    if check is not None:
+        check(model.config)
     with tempfile.TemporaryDirectory(prefix="biounet-onnx-") as folder:
         exported = export_onnx(model, Path(folder) / "model.onnx")
         return OnnxRuntimeBackend(exported, n_threads=n_threads)  # the session holds the graph
