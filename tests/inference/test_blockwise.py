@@ -271,11 +271,24 @@ def test_percentile_statistics_equal_numpy(dtype, shape, rng, monkeypatch):
     executor = _make_executor(None)
     normalizer = _make_normalizer("percentile", _open_source(image), shape[1:], executor)
     wide = np.dtype(dtype).itemsize > (4 if np.dtype(dtype).kind == "f" else 2)
-    copy = image.astype(np.float64 if wide else np.float32)  # what normalize_percentile takes
-    bottom, top = np.percentile(copy, [1.0, 99.8], axis=(1, 2))  # the slow, obvious way
-    np.testing.assert_array_equal(normalizer.offset, bottom.astype(np.float32))
-    expected = np.where(top > bottom, 1.0 / (top - bottom + 1e-20), 1.0).astype(np.float32)
+    copy = np.float64 if wide else np.float32  # what normalize_percentile computes in
+    bottom, top = np.percentile(image.astype(copy), [1.0, 99.8], axis=(1, 2))  # slow, obvious
+    np.testing.assert_array_equal(normalizer.offset, bottom.astype(copy))
+    expected = np.where(top > bottom, 1.0 / (top - bottom + 1e-20), 1.0).astype(copy)
     np.testing.assert_array_equal(normalizer.inverse, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16])
+def test_percentile_interpolation_rounds_as_numpy(dtype, rng):
+    # numpy takes the difference of neighbours in the array's dtype; tiny images expose it
+    executor = _make_executor(None)
+    for _ in range(300):
+        image = (rng.random((1, 1, 3)) * 10.0 ** rng.integers(-4, 4, (1, 1, 3))).astype(dtype)
+        if dtype == np.uint16:
+            image = rng.integers(0, 65535, (1, 1, 3), dtype=np.uint16)
+        normalizer = _make_normalizer("percentile", _open_source(image), (1, 3), executor)
+        expected = normalize_percentile(image, axis=(1, 2))
+        np.testing.assert_array_equal(normalizer(image), expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int32, np.float64])
@@ -290,15 +303,51 @@ def test_percentile_normalization_of_wide_sources_equals_in_memory(dtype, rng, t
     np.testing.assert_allclose(output[...], expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("normalization", [normalize_percentile, normalize_zscore])
+@pytest.mark.parametrize(
+    "make", [lambda r: r.integers(0, 1000, (150, 170)).astype(np.int32) + 10**9,
+             lambda r: 1e4 + 1e-3 * r.random((150, 170)),
+             lambda r: r.random((150, 170)) * 1e39]
+)
+def test_wide_sources_cancel_their_offset_in_float64_as_in_memory(normalization, make, rng, tmp_path):
+    # float32 would round 1e9 + k, or 1e4 + 1e-3 u, to a few levels, and 1e39 to infinity
+    model = make_model()
+    image = make(rng)
+    name = "percentile" if normalization is normalize_percentile else "zscore"
+    output = predict_blockwise(model, image, tmp_path / "out.zarr", tile_shape=(76, 92),
+                               normalization=name)
+    expected = predict_tiled(model, normalization(image), tile_shape=(76, 92))
+    np.testing.assert_allclose(output[...], expected, rtol=0, atol=1e-5)
+
+
 def test_non_finite_source_is_refused_before_the_target_exists(rng, tmp_path):
     model = make_model()
     image = rng.random((150, 170), dtype=np.float32)
     image[120, 7] = np.nan
+    image[140, 160] = np.inf
     for normalization in ("percentile", "zscore"):
         target = tmp_path / f"{normalization}.zarr"
-        one_line_error(ValueError, r"NaN or infinite values in the block starting at \(0, 0\)",
+        one_line_error(ValueError, r"NaN or infinite values, the first at \(120, 7\)",
                        predict_blockwise, model, image, target, normalization=normalization)
         assert not target.exists()
+
+
+def test_finished_resumed_run_reads_no_statistics(rng, tmp_path, monkeypatch):
+    import biounet.inference.blockwise as module
+
+    model = make_model()
+    image = rng.random((150, 170), dtype=np.float32)
+    target = tmp_path / "out.zarr"
+    first = predict_blockwise(model, image, target, tile_shape=(76, 92), normalization="percentile")
+    calls = []
+    original = module._make_normalizer
+    monkeypatch.setattr(module, "_make_normalizer", lambda *a: calls.append(1) or original(*a))
+    again = predict_blockwise(model, image, target, tile_shape=(76, 92), normalization="percentile")
+    assert calls == []  # resume is the default
+    np.testing.assert_array_equal(again[...], first[...])
+    predict_blockwise(model, image, target, tile_shape=(76, 92), normalization="percentile",
+                      resume=False)
+    assert calls == [1]  # without resume the prediction is redone, statistics first
 
 
 def test_progress_bar_counts_blocks(rng, tmp_path, capsys):

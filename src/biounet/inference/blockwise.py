@@ -24,7 +24,9 @@ local scheduler or a distributed cluster) and `blockwise_normalization`
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from torch import nn
 
@@ -123,8 +125,11 @@ def predict_blockwise(
         try:
             if executor.is_distributed:
                 _check_shareable(opened, target)
-            # whole-image statistics read the source first, so a NaN leaves no target behind
-            normalizer = _make_normalizer(normalization, opened, spatial_shape, executor)
+            # Whole-image statistics come first, so a NaN leaves the target as it was, unless
+            # a resumed target may be finished already: then only if blocks remain.
+            fresh = not resume or _is_new_target(target)
+            if fresh:
+                normalizer = _make_normalizer(normalization, opened, spatial_shape, executor)
             output, blocks = _open_target(
                 target, (config.n_classes, *spatial_shape), grid, block_shape, resume=resume
             )
@@ -134,6 +139,8 @@ def predict_blockwise(
             record = _Record(output, signature, resume=resume)
             output.attrs.update(_output_scale_metadata(opened, config.ndim))
             if len(record.done) < len(tiles):
+                if not fresh:
+                    normalizer = _make_normalizer(normalization, opened, spatial_shape, executor)
                 per_tile = max(estimate_tile_bytes(config, grid.tile_shape), 1)
                 largest = max(map(len, tiles.values()))
                 job = _BlockJob(
@@ -151,6 +158,14 @@ def predict_blockwise(
     finally:
         opened.close()
     return output
+
+
+def _is_new_target(target) -> bool:
+    """Whether `_open_target` will create the target rather than open an existing one."""
+    if not isinstance(target, (str, os.PathLike)):
+        return False
+    path = Path(target)
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
 def _check_model(model: nn.Module) -> UNetConfig:

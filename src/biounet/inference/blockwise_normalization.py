@@ -14,7 +14,6 @@ block is normalised with the whole image's statistics as data.normalize does in 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -26,7 +25,9 @@ from biounet.inference.blockwise_source import _SourceReference
 NORMALIZATIONS = ("percentile", "zscore")
 _PERCENTILES = (1.0, 99.8)  # as data.normalize.normalize_percentile and the predict CLI
 _DIGIT_BITS = 16
-_REGION_PIXELS = 2048 * 2048
+_REGION_PIXELS = 2048 * 2048  # at most, as the default blocks
+_REGION_BYTES = 32 * 2**20  # of source data per statistics task
+_BATCH = 16  # statistics tasks whose results are held at once before they are summed
 
 Normalization = str | Callable[[np.ndarray], np.ndarray] | None
 
@@ -45,21 +46,47 @@ def _make_normalizer(normalization: Normalization, opened, spatial_shape, execut
     """Return a per-window function applying `normalization` with whole-image statistics."""
     if normalization is None or callable(normalization):
         return normalization
-    # regions of about 4 Mpx, as the default blocks: statistics need no tile alignment
-    side = max(1, round(_REGION_PIXELS ** (1 / len(spatial_shape))))
+    # statistics need no tile alignment: cubes of at most 4 Mpx and 32 MiB of source data
+    shape = opened.array.shape
+    n_channels = shape[0] if len(shape) > len(spatial_shape) else 1
+    item_bytes = n_channels * np.dtype(opened.array.dtype).itemsize
+    pixels = max(1, min(_REGION_PIXELS, _REGION_BYTES // item_bytes))
+    side = max(1, int(pixels ** (1 / len(spatial_shape))))
     regions = [
         tuple(slice(i * side, (i + 1) * side) for i in index)
         for index in itertools.product(*(range(-(-extent // side)) for extent in spatial_shape))
     ]
     if normalization == "percentile":
         return _percentile_affine(opened, regions, executor)
-    parts = executor.map(
-        _region_moments,
-        opened.reference(),
-        [(region,) for region in regions],
-        name="biounet-statistics",
-    )
-    return _zscore_affine(parts)
+    parts = _gathered(executor, _region_moments, opened, [(region,) for region in regions])
+    return _zscore_affine(parts, _copy_dtype(np.dtype(opened.array.dtype)))
+
+
+def _gathered(executor, function, opened, arguments, *, reduce=None):
+    """Run `function` on every argument tuple in batches; sum the results if `reduce`.
+
+    Batches bound what is held at once: with `reduce`, _BATCH results, whatever the
+    image size.
+    """
+    results, total = [], None
+    for first in range(0, len(arguments), _BATCH):
+        batch = executor.map(
+            function,
+            opened.reference(),
+            arguments[first : first + _BATCH],
+            name="biounet-statistics",
+        )
+        if reduce is None:
+            results += batch
+            continue
+        for part in batch:
+            total = part if total is None else reduce(total, part)
+    return results if reduce is None else total
+
+
+def _copy_dtype(dtype: np.dtype) -> type:
+    """The float type data.normalize computes in: float64 where float32 would round input."""
+    return np.float64 if dtype.itemsize > (4 if dtype.kind == "f" else 2) else np.float32
 
 
 def _region_moments(source: _SourceReference, region) -> np.ndarray:
@@ -72,13 +99,15 @@ def _region_moments(source: _SourceReference, region) -> np.ndarray:
 
 def _region_values(source: _SourceReference, region) -> np.ndarray:
     """The region's values as (channels, pixels), refusing NaN and infinity."""
-    values = np.asarray(source.open()[(Ellipsis, *region)])
-    values = values.reshape(values.shape[0] if values.ndim > len(region) else 1, -1)
+    block = np.asarray(source.open()[(Ellipsis, *region)])
+    values = block.reshape(block.shape[0] if block.ndim > len(region) else 1, -1)
     if values.dtype.kind == "f" and not np.isfinite(values).all():
-        start = tuple(part.start for part in region)
+        first = int(np.flatnonzero(~np.isfinite(values))[0]) % values.shape[1]
+        where = np.unravel_index(first, block.shape[-len(region) :])
+        position = tuple(int(part.start + offset) for part, offset in zip(region, where))
         raise ValueError(
-            f"source has NaN or infinite values in the block starting at {start}; "
-            "normalisation needs finite values"
+            f"source has NaN or infinite values, the first at {position}; normalisation "
+            "needs finite values"
         )
     return values
 
@@ -91,15 +120,18 @@ def _percentile_affine(opened, regions, executor) -> _Affine:
     positions = [q / 100 * (n_values - 1) for q in _PERCENTILES]
     neighbours = [(math.floor(p), min(math.floor(p) + 1, n_values - 1)) for p in positions]
     ranks = sorted({rank for pair in neighbours for rank in pair})
+    copy = _copy_dtype(np.dtype(opened.array.dtype))
     offsets, inverses = [], []
     for values in _order_statistics(opened, regions, executor, n_channels, ranks):
         bottom, top = (
-            _lerp(values[low], values[high], p) for (low, high), p in zip(neighbours, positions)
+            _lerp(values[low], values[high], p, copy)
+            for (low, high), p in zip(neighbours, positions)
         )
         divisor = top - bottom + 1e-20 if top > bottom else 1.0
         offsets.append(bottom)
         inverses.append(1.0 / divisor)
-    return _Affine(np.array(offsets, np.float32), np.array(inverses, np.float32))
+    # cast as normalize_percentile casts np.percentile's float64 figures
+    return _Affine(np.array(offsets).astype(copy), np.array(inverses).astype(copy))
 
 
 def _order_statistics(opened, regions, executor, n_channels: int, ranks: list[int]):
@@ -116,13 +148,8 @@ def _order_statistics(opened, regions, executor, n_channels: int, ranks: list[in
     state = [{rank: [0, rank] for rank in ranks} for _ in range(n_channels)]
     for shift in range(width - digit, -1, -digit):
         prefixes = tuple(tuple(sorted({p for p, _ in channel.values()})) for channel in state)
-        parts = executor.map(
-            _region_digit_histograms,
-            opened.reference(),
-            [(region, shift, digit, prefixes) for region in regions],
-            name="biounet-statistics",
-        )
-        counts = functools.reduce(np.add, parts)
+        arguments = [(region, shift, digit, prefixes) for region in regions]
+        counts = _gathered(executor, _region_digit_histograms, opened, arguments, reduce=np.add)
         for c, channel in enumerate(state):
             for entry in channel.values():
                 prefix, within = entry
@@ -130,7 +157,7 @@ def _order_statistics(opened, regions, executor, n_channels: int, ranks: list[in
                 value = int(np.searchsorted(cumulative, within, side="right"))
                 below = int(cumulative[value - 1]) if value else 0
                 entry[:] = (prefix << digit) | value, within - below
-    copy_dtype = np.float64 if dtype.itemsize > (4 if dtype.kind == "f" else 2) else np.float32
+    copy_dtype = _copy_dtype(dtype)
     return [
         {
             rank: float(_key_value(key, dtype).astype(copy_dtype))
@@ -197,29 +224,46 @@ def _key_value(key: int, dtype: np.dtype) -> np.ndarray:
     return (bits ^ sign if bits & sign else ~bits).view(dtype)
 
 
-def _lerp(lower: float, upper: float, position: float) -> float:
-    """np.percentile's interpolation between neighbouring order statistics (symmetric lerp)."""
+def _lerp(lower: float, upper: float, position: float, dtype: type) -> float:
+    """np.percentile's interpolation between neighbouring order statistics of `dtype`.
+
+    As numpy's `_lerp`: the difference is taken in the array's dtype (float32 rounds it),
+    the rest in float64, from the lower value below the midpoint and the upper one above.
+
+    Example:
+        >>> values = np.array([34.558418, 821.61816, 0.00033043706], np.float32)
+        >>> low, high = (float(value) for value in np.sort(values)[:2])
+        >>> _lerp(low, high, 1 / 100 * 2, np.float32) == np.percentile(values, [1.0])[0]
+        True
+    """
     fraction = position - math.floor(position)
+    difference = float(dtype(upper) - dtype(lower))
     if fraction >= 0.5:
-        return float(upper - (upper - lower) * (1 - fraction))
-    return float(lower + (upper - lower) * fraction)
+        return float(upper - difference * (1 - fraction))
+    return float(lower + difference * fraction)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Affine:
-    """Per channel ``(window - offset) * inverse`` in float32, as data.normalize computes it."""
+    """Per channel ``(window - offset) * inverse``, as data.normalize computes it.
+
+    The arithmetic runs in the dtype of `offset`, float64 for sources that float32 would
+    round (a large common offset must cancel first), and the result is float32. The
+    window is the raw (C, *spatial) source window.
+    """
 
     offset: np.ndarray
     inverse: np.ndarray
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         shape = (-1,) + (1,) * (window.ndim - 1)
-        result = window - self.offset.reshape(shape)
+        result = np.asarray(window).astype(self.offset.dtype)
+        result -= self.offset.reshape(shape)
         result *= self.inverse.reshape(shape)
-        return result
+        return result.astype(np.float32, copy=False)
 
 
-def _zscore_affine(parts: list[np.ndarray]) -> _Affine:
+def _zscore_affine(parts: list[np.ndarray], dtype: type) -> _Affine:
     # Chan et al.'s pairwise combination of per-block means and squared deviations
     count, mean, squares = (column.astype(np.float64) for column in np.moveaxis(parts[0], 1, 0))
     for part in parts[1:]:
@@ -231,4 +275,4 @@ def _zscore_affine(parts: list[np.ndarray]) -> _Affine:
         count = total
     std = np.sqrt(squares / count)
     divisor = np.where(std > 0, std + 1e-20, 1.0)
-    return _Affine(mean.astype(np.float32), (1.0 / divisor).astype(np.float32))
+    return _Affine(mean.astype(dtype), (1.0 / divisor).astype(dtype))

@@ -20,8 +20,15 @@ import torch
 from torch import nn
 
 from biounet.config import UNetConfig
+from biounet.inference.blockwise_normalization import _Affine
 from biounet.inference.blockwise_source import _SourceReference
-from biounet.inference.predict import as_network_input, inference_mode, predict_batch
+from biounet.inference.predict import (
+    _finite_float32,
+    _with_channel_axis,
+    as_network_input,
+    inference_mode,
+    predict_batch,
+)
 from biounet.inference.tiling import Tile, TileGrid, read_window
 from biounet.model.unet import UNet
 
@@ -96,7 +103,12 @@ def _predict_block(job: _BlockJob, index: tuple[int, ...], tiles: list[Tile]) ->
     raw = read_window(
         job.source.open(), window_start, [b - a for a, b in zip(window_start, window_stop)]
     )
-    window = _normalized(as_network_input(raw, config, name="source"), job.normalizer)
+    if isinstance(job.normalizer, _Affine):
+        # whole-image statistics apply to the raw values, in float64 for wide sources
+        channels = _with_channel_axis(raw, config, name="source")
+        window = _finite_float32(job.normalizer(channels), name="normalised source")
+    else:
+        window = _normalized(as_network_input(raw, config, name="source"), job.normalizer)
     output = np.empty((config.n_classes, *(b - a for a, b in zip(start, stop))), np.float32)
     with inference_mode(model, channels_last=False):  # the cached model is channels-last
         for first in range(0, len(tiles), job.batch_size):
