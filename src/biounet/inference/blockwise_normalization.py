@@ -233,7 +233,7 @@ def _lerp(lower: float, upper: float, position: float, dtype: type) -> float:
     Example:
         >>> values = np.array([34.558418, 821.61816, 0.00033043706], np.float32)
         >>> low, high = (float(value) for value in np.sort(values)[:2])
-        >>> _lerp(low, high, 1 / 100 * 2, np.float32) == np.percentile(values, [1.0])[0]
+        >>> bool(_lerp(low, high, 1 / 100 * 2, np.float32) == np.percentile(values, [1.0])[0])
         True
     """
     fraction = position - math.floor(position)
