@@ -182,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:  # onnxruntime or onnx missing: one line, exit 2
         print(f"biounet predict: error: {error}", file=sys.stderr)
         return 2
-    check(model.config)  # an .onnx model or the torch backend: checked once loaded
     postprocess = postprocess_config(args, boundary_class=model.config.boundary_class)
     for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
         _predict_file(model, path, out, args, postprocess=postprocess)
@@ -192,17 +191,25 @@ def run(args: argparse.Namespace) -> int:
 def _load_network(model_path: str, *, backend: str, check):
     """Return the network to predict with: a `UNet`, or an `OnnxRuntimeBackend`.
 
-    `check(config)` runs before an ONNX export, so a model the options refuse costs none.
+    `check(config)` sees every network's config once, before an ONNX export where there
+    is one, so a model the options refuse costs no export.
     """
     if backend == "onnxruntime":
         from biounet.export.onnx import load_onnx_backend
 
-        return load_onnx_backend(model_path, check=check)
-    from biounet.weightfile import load_model
+        if Path(model_path).suffix.lower() != ".onnx":
+            return load_onnx_backend(model_path, check=check)
+        network = load_onnx_backend(model_path)
+    else:
+        from biounet.weightfile import load_model
 
-    if Path(model_path).suffix.lower() == ".onnx":
-        raise ValueError(f"--model {model_path} is an ONNX file; run it with --backend onnxruntime")
-    return load_model(model_path)
+        if Path(model_path).suffix.lower() == ".onnx":
+            raise ValueError(
+                f"--model {model_path} is an ONNX file; run it with --backend onnxruntime"
+            )
+        network = load_model(model_path)
+    check(network.config)
+    return network
 
 
 def _check_unique_stems(paths: list[Path]) -> None:
