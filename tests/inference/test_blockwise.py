@@ -278,6 +278,22 @@ def test_percentile_statistics_equal_numpy(dtype, shape, rng, monkeypatch):
     np.testing.assert_array_equal(normalizer.inverse, expected)
 
 
+def test_statistics_hold_a_bounded_batch_of_region_results(rng, monkeypatch):
+    """Histograms are summed batch by batch, so memory does not grow with the image."""
+    import biounet.inference.blockwise_normalization as module
+
+    monkeypatch.setattr(module, "_REGION_PIXELS", 100)  # 10 x 10 regions: 132 of them
+    image = rng.standard_normal((1, 117, 109)).astype(np.float32)
+    executor = _make_executor(None)
+    batches = []
+    original = executor.map
+    monkeypatch.setattr(executor, "map", lambda *a, **k: batches.append(len(a[2])) or original(*a, **k))
+    normalizer = _make_normalizer("percentile", _open_source(image), (117, 109), executor)
+    assert max(batches) == module._BATCH and sum(batches) == 2 * 12 * 11  # two passes
+    bottom = np.percentile(image, [1.0], axis=(1, 2))[0]  # the slow, obvious way
+    np.testing.assert_array_equal(normalizer.offset, bottom.astype(np.float32))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16])
 def test_percentile_interpolation_rounds_as_numpy(dtype, rng):
     # numpy takes the difference of neighbours in the array's dtype; tiny images expose it
