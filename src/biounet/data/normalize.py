@@ -180,15 +180,23 @@ def _scale(values: np.ndarray, offset: np.ndarray, spread: np.ndarray, *, eps: f
     return values.astype(np.float32, copy=False)
 
 
+def working_dtype(dtype: np.dtype) -> type:
+    """The float type normalisation computes in: float64 where float32 would round the input.
+
+    A large offset (1e4 + 1e-3 * x) must be subtracted before rounding to float32, so
+    64-bit floats and integers wider than 16 bits are scaled in float64.
+    """
+    dtype = np.dtype(dtype)
+    return np.float64 if dtype.itemsize > (4 if dtype.kind == "f" else 2) else np.float32
+
+
 def _float_copy(image: np.ndarray) -> np.ndarray:
-    """Return a float copy of `image`, float64 where float32 would lose input precision."""
+    """Return a float copy of `image` in its `working_dtype`."""
     image = np.asarray(image)
     _check_real_dtype(image)
     if image.size == 0:
         raise ValueError(f"image must not be empty, got shape {image.shape}")
-    # A large offset (1e4 + 1e-3 * x) must be subtracted before rounding to float32.
-    is_wide = image.dtype.itemsize > (4 if image.dtype.kind == "f" else 2)
-    values = image.astype(np.float64 if is_wide else np.float32)  # a copy, scaled in place
+    values = image.astype(working_dtype(image.dtype))  # a copy, scaled in place
     if not np.isfinite(values).all():
         raise ValueError(f"image of shape {image.shape} contains NaN or infinite values")
     return values

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from biounet.data.normalize import working_dtype
 from biounet.inference.blockwise_source import _SourceReference
 
 NORMALIZATIONS = ("percentile", "zscore")
@@ -59,7 +60,7 @@ def _make_normalizer(normalization: Normalization, opened, spatial_shape, execut
     if normalization == "percentile":
         return _percentile_affine(opened, regions, executor)
     parts = _gathered(executor, _region_moments, opened, [(region,) for region in regions])
-    return _zscore_affine(parts, _copy_dtype(np.dtype(opened.array.dtype)))
+    return _zscore_affine(parts, working_dtype(opened.array.dtype))
 
 
 def _gathered(executor, function, opened, arguments, *, reduce=None):
@@ -82,11 +83,6 @@ def _gathered(executor, function, opened, arguments, *, reduce=None):
         for part in batch:
             total = part if total is None else reduce(total, part)
     return results if reduce is None else total
-
-
-def _copy_dtype(dtype: np.dtype) -> type:
-    """The float type data.normalize computes in: float64 where float32 would round input."""
-    return np.float64 if dtype.itemsize > (4 if dtype.kind == "f" else 2) else np.float32
 
 
 def _region_moments(source: _SourceReference, region) -> np.ndarray:
@@ -120,7 +116,7 @@ def _percentile_affine(opened, regions, executor) -> _Affine:
     positions = [q / 100 * (n_values - 1) for q in _PERCENTILES]
     neighbours = [(math.floor(p), min(math.floor(p) + 1, n_values - 1)) for p in positions]
     ranks = sorted({rank for pair in neighbours for rank in pair})
-    copy = _copy_dtype(np.dtype(opened.array.dtype))
+    copy = working_dtype(opened.array.dtype)
     offsets, inverses = [], []
     for values in _order_statistics(opened, regions, executor, n_channels, ranks):
         bottom, top = (
@@ -157,7 +153,7 @@ def _order_statistics(opened, regions, executor, n_channels: int, ranks: list[in
                 value = int(np.searchsorted(cumulative, within, side="right"))
                 below = int(cumulative[value - 1]) if value else 0
                 entry[:] = (prefix << digit) | value, within - below
-    copy_dtype = _copy_dtype(dtype)
+    copy_dtype = working_dtype(dtype)
     return [
         {
             rank: float(_key_value(key, dtype).astype(copy_dtype))
