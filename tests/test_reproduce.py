@@ -56,6 +56,7 @@ def test_isbi_reproduction_runs_on_a_tiny_budget(data_root, tmp_path, tiny_prese
 
 @pytest.mark.data
 def test_reproduction_scores_the_flip_rotation_average(data_root, tmp_path, tiny_preset):
+    from biounet.boundaries import close_boundaries
     from biounet.evaluation import evaluate
     from biounet.inference.predict import predict_tiled
     from biounet.inference.tta import predict_tta
@@ -71,8 +72,12 @@ def test_reproduction_scores_the_flip_rotation_average(data_root, tmp_path, tiny
     model = load_model(tmp_path / "train" / "best.safetensors")
     item = reproduce_test_item(split, model)
     for results, predict in ((averaged, predict_tta), (once, predict_tiled)):
-        expected = evaluate([("20", item.labels, predict(model, item.image)[1])], metrics="isbi")
+        foreground = predict(model, item.image)[1]
+        expected = evaluate([("20", item.labels, foreground)], metrics="isbi")
         assert results["overall"] == expected.overall
+        closed = evaluate([("20", item.labels, close_boundaries(foreground))], metrics="isbi")
+        assert results["closed_boundaries"] == closed.overall
+        assert "with closed boundaries" in reproduce.format_results(results)
     assert "8 flips/rotations" in reproduce.format_results(averaged)
     assert "8 flips/rotations" not in reproduce.format_results(once)
 

@@ -1,0 +1,97 @@
+"""Close the gaps of a predicted membrane map with one-pixel watershed lines.
+
+On EM slices (ISBI 2012) the U-Net predicts cell interiors and membranes (Ronneberger et
+al. 2015, Sec. 3.1, Table 1). Two kinds of error cost the Rand score there: a membrane
+with a gap merges two cells, and a membrane predicted wider than the annotators drew it
+takes cell pixels, each of which the foreground-restricted Rand score counts as a segment
+of its own. `close_boundaries` answers the first and makes the second avoidable: it
+floods the whole slice from the confident cell interiors (a seeded watershed on
+1 - foreground) and sets the one-pixel lines where two basins meet to 0. Everything else
+keeps its probability, so thresholding the result at the map's usual level still gives
+the membranes as predicted, now closed; thresholding it at 0 gives the one-pixel partition
+that the challenge organisers' later V_rand leaderboard made of every submission by
+thinning (Arganda-Carreras et al. 2015, Front. Neuroanat.). The paper scored its map
+without post-processing; `biounet reproduce isbi2012` reports both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import ndimage
+from skimage import segmentation
+
+# The ISBI metrics label cells over the 4 neighbours; lines of a face-connected watershed
+# separate exactly that.
+_FACES = ndimage.generate_binary_structure(2, 1)
+
+
+def close_boundaries(
+    foreground: ArrayLike, *, seed_threshold: float = 0.5, min_seed_size: int = 16
+) -> np.ndarray:
+    """Return `foreground` with 0 on the one-pixel lines where watershed basins meet.
+
+    Each (Y, X) slice on its own, as the ISBI 2012 metrics score them: the seeds are the
+    4-connected regions above `seed_threshold` of at least `min_seed_size` pixels; every
+    pixel is flooded from them over -foreground (4-neighbour watershed with lines). So at
+    any threshold t >= 0 no connected component of ``result > t`` holds two seeds, and off
+    the lines the values are those of `foreground`.
+
+    Args:
+        foreground: (Y, X) or (Z, Y, X) floating-point cell-interior probabilities in
+            [0, 1] (membrane low).
+        seed_threshold: interiors above it seed a basin; in [0, 1).
+        min_seed_size: smaller seed regions (specks inside membranes) seed nothing.
+
+    Returns:
+        float32 array of the shape of `foreground`.
+
+    Example:
+        >>> p = np.full((3, 9), 0.9, np.float32)
+        >>> p[:, 4] = [0.1, 0.4, 0.1]  # a membrane with a faint stretch
+        >>> closed = close_boundaries(p, min_seed_size=1)
+        >>> closed[:, 4].tolist(), ndimage.label(p > 0.3)[1], ndimage.label(closed > 0.3)[1]
+        ([0.0, 0.0, 0.0], 1, 2)
+
+    Raises:
+        TypeError: if `foreground` is not floating-point.
+        ValueError: naming the argument, for a shape other than 2-D or 3-D, values
+            outside [0, 1] or NaN, or a threshold or size out of range.
+    """
+    array = np.asarray(foreground)
+    if array.dtype.kind != "f":
+        raise TypeError(
+            f"foreground must be floating-point probabilities in [0, 1], got dtype "
+            f"{array.dtype}"
+        )
+    if array.ndim not in (2, 3):
+        raise ValueError(f"foreground must be (Y, X) or (Z, Y, X), got shape {array.shape}")
+    if np.isnan(array).any():
+        raise ValueError("foreground must not contain NaN, got NaN values")
+    if array.size and not (array.min() >= 0.0 and array.max() <= 1.0):
+        raise ValueError(
+            f"foreground must lie in [0, 1], got range [{array.min()}, {array.max()}]"
+        )
+    if not 0.0 <= seed_threshold < 1.0:
+        raise ValueError(f"seed_threshold must lie in [0, 1), got {seed_threshold}")
+    if isinstance(min_seed_size, bool) or not isinstance(min_seed_size, (int, np.integer)):
+        raise TypeError(f"min_seed_size must be an int, got {min_seed_size!r}")
+    if min_seed_size < 1:
+        raise ValueError(f"min_seed_size must be >= 1, got {min_seed_size}")
+    closed = array.astype(np.float32, copy=True)
+    for plane in closed.reshape(-1, *array.shape[-2:]):
+        plane[_basin_lines(plane, seed_threshold, min_seed_size)] = 0.0
+    return closed
+
+
+def _basin_lines(plane: np.ndarray, seed_threshold: float, min_seed_size: int) -> np.ndarray:
+    """The watershed lines of one slice, as a bool mask (none without a seed)."""
+    seeds, _ = ndimage.label(plane > seed_threshold, structure=_FACES)
+    sizes = np.bincount(seeds.ravel())
+    is_small = sizes < min_seed_size
+    is_small[0] = False
+    seeds[is_small[seeds]] = 0
+    if not seeds.any():
+        return np.zeros(plane.shape, dtype=bool)
+    basins = segmentation.watershed(-plane, seeds, connectivity=1, watershed_line=True)
+    return basins == 0
