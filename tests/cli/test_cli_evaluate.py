@@ -133,3 +133,34 @@ def test_evaluate_offers_no_interior_seeds(tmp_path, capsys):
         main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--seeds", "interior"])
     assert exit_info.value.code == 2 and "invalid choice: 'interior'" in capsys.readouterr().err
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance", "--seeds", "probability", "--threshold", "0.5"]) == 0
+
+
+def test_close_boundaries_changes_the_isbi_maps_only(tmp_path, capsys):
+    from biounet.boundaries import close_boundaries
+    from biounet.evaluation import evaluate
+
+    labels = np.zeros((30, 31), np.uint16)
+    labels[:, :15], labels[:, 16:] = 1, 2  # two cells, a membrane of one pixel between
+    gt, pred = ground_truth_folder(tmp_path, labels)
+    probability = np.full(labels.shape, 0.95, np.float32)
+    probability[:, 13:18] = 0.05  # predicted five pixels wide,
+    probability[10:14, 13:18] = 0.4  # faint over four rows: the cells merge below 0.4
+    tifffile.imwrite(pred / "a_probability.tif", probability)
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out), "--overwrite"]
+    assert main([*args, "--close-boundaries"]) == 0
+    closed = json.loads(out.read_text())["overall"]
+    expected = evaluate([("a", labels, close_boundaries(probability))], metrics="isbi").overall
+    assert {key: closed[key] for key in expected} == pytest.approx(expected)
+    instances = evaluate([("a", labels, probability)], metrics="ctc,instance").overall
+    assert {key: closed[key] for key in instances} == pytest.approx(instances)  # maps as read
+    assert main(args) == 0
+    raw = json.loads(out.read_text())["overall"]
+    assert raw["rand_error"] > closed["rand_error"]
+    assert main([*args, "--metrics", "instance", "--close-boundaries"]) == 2
+    assert "--close-boundaries changes the maps the ISBI errors score" in capsys.readouterr().err
+    tifffile.imwrite(pred / "a_probability.tif", (labels > 0).astype(np.uint8))
+    assert main([*args, "--metrics", "isbi", "--close-boundaries"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--close-boundaries needs probability maps (float), got uint8" in error
+    assert len(error.splitlines()) == 1

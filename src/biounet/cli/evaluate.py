@@ -7,8 +7,11 @@ NAME_probability.tif (from biounet predict), NAME_labels.tif or NAME_mask.tif; t
 instance metrics (ctc, instance) take NAME_instances.tif (predict --instances) before
 NAME_probability.tif. Float files are probability maps, integer files label images;
 probability maps become instances by --threshold, --min-size and the watershed
-(`biounet.postprocess`). Prints a table per image and overall; --out writes JSON and
---csv the per-image rows; an existing file is replaced only with --overwrite.
+(`biounet.postprocess`). --close-boundaries first draws one-pixel watershed lines
+into each map where its membranes leave gaps (`biounet.boundaries`), for the ISBI
+errors only; the object metrics read the files unchanged. Prints a table per image and
+overall; --out writes JSON and --csv the per-image rows; an existing file is replaced only
+with --overwrite.
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the report as JSON here")
     parser.add_argument("--csv", help="write the per-image table as CSV here")
     parser.add_argument("--overwrite", action="store_true", help="replace existing --out/--csv")
+    parser.add_argument(
+        "--close-boundaries", action="store_true",
+        help="score the ISBI errors on each probability map with its membrane gaps closed by "
+        "one-pixel seeded watershed lines (seeds: regions above 0.5; biounet.boundaries)",
+    )
     add_postprocess_arguments(
         parser, used_by="instances from probability maps", with_interior=False
     )
@@ -58,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
 
     groups = parse_metric_groups(args.metrics)
     postprocess = postprocess_config(args)
+    if args.close_boundaries and "isbi" not in groups:
+        raise ValueError(
+            f"--close-boundaries changes the maps the ISBI errors score; --metrics "
+            f"{args.metrics} has no isbi"
+        )
     outputs = [_check_output(flag, value, args.overwrite)
                for flag, value in (("--out", args.out), ("--csv", args.csv)) if value]
     pred_folder = Path(args.pred)
@@ -69,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
             f"NAME-labels.tif, DSB 2018 or CTC layout), got the file {args.gt}"
         )
     samples = open_dataset(args.gt, layout=args.layout, allow_empty=True, volume=args.volume)
-    passes = _prediction_passes(pred_folder, samples.names, groups)
-    report, n_maps = _evaluate_passes(samples, passes, postprocess)
+    passes = _prediction_passes(pred_folder, samples.names, groups, args.close_boundaries)
+    report, n_maps = _evaluate_passes(samples, passes, postprocess, args.close_boundaries)
     if given_postprocess_flags(args) and n_maps == 0:
         print(
             f"biounet evaluate: warning: {' '.join(given_postprocess_flags(args))} had no "
@@ -97,8 +110,11 @@ def _check_output(flag: str, value: str, overwrite: bool) -> tuple[str, Path]:
     return flag, path
 
 
-def _prediction_passes(folder: Path, names, groups) -> list[tuple[list[str], dict[str, Path]]]:
-    """Return (metric groups, {name: prediction file}) pairs; one when the files agree."""
+def _prediction_passes(
+    folder: Path, names, groups, isbi_apart: bool = False
+) -> list[tuple[list[str], dict[str, Path]]]:
+    """Return (metric groups, {name: prediction file}) pairs; one when the files agree,
+    unless `isbi_apart` (its maps are changed before scoring)."""
     passes: list[tuple[list[str], dict[str, Path]]] = []
     for pass_groups, suffixes in (
         ([group for group in groups if group == "isbi"], PREDICTION_SUFFIXES),
@@ -115,16 +131,17 @@ def _prediction_passes(folder: Path, names, groups) -> list[tuple[list[str], dic
                     "holds objects only: pass --metrics ctc,instance"
                 ) from None
             raise
-        if passes and passes[-1][1] == files:
+        if passes and passes[-1][1] == files and not isbi_apart:
             passes[-1][0].extend(pass_groups)
         else:
             passes.append((pass_groups, files))
     return passes
 
 
-def _evaluate_passes(samples, passes, postprocess):
+def _evaluate_passes(samples, passes, postprocess, close_boundaries: bool = False):
     """Evaluate every pass, merged into one report row by row; also return how many
-    probability maps the object metrics post-processed."""
+    probability maps the object metrics post-processed. `close_boundaries`: the ISBI pass
+    scores `biounet.boundaries.close_boundaries` of each map."""
     from biounet.data.io import read_image
     from biounet.evaluation import EvaluationReport, evaluate
 
@@ -137,6 +154,8 @@ def _evaluate_passes(samples, passes, postprocess):
         ]
         if pass_groups != ["isbi"]:
             n_maps += sum(prediction.dtype.kind == "f" for _, _, prediction in triples)
+        elif close_boundaries:
+            triples = [(name, truth, _closed(files[name], map_)) for name, truth, map_ in triples]
         part = evaluate(triples, metrics=pass_groups, postprocess=postprocess)
         if not report.rows:
             report.rows = part.rows
@@ -145,6 +164,17 @@ def _evaluate_passes(samples, passes, postprocess):
                 row.update({key: value for key, value in extra.items() if key != "image"})
         report.overall.update(part.overall)
     return report, n_maps
+
+
+def _closed(path: Path, prediction):
+    from biounet.boundaries import close_boundaries
+
+    if prediction.dtype.kind != "f":
+        raise ValueError(
+            f"--close-boundaries needs probability maps (float), got {prediction.dtype} "
+            f"labels in {path}"
+        )
+    return close_boundaries(prediction)
 
 
 def _find_predictions(folder: Path, names, suffixes: tuple[str, ...]) -> dict[str, Path]:
