@@ -47,10 +47,11 @@ def test_only_line_pixels_change_and_they_become_zero(seed):
     changed = closed != foreground
     assert changed.any()
     assert (closed[changed] == 0).all()
-    # Without the lines the thresholded original merges some seeds the result keeps apart.
+    # Thresholded at 0 the result is a partition: one component per kept seed, none other.
     seeds, keep = seed_regions(foreground, 0.5, 4)
-    merged_before = len({int(c) for c in ndimage.label(foreground > 0.0, structure=FACES)[0][np.isin(seeds, keep)]})
-    assert merged_before < len(keep)
+    components, n_components = ndimage.label(closed > 0, structure=FACES)
+    assert n_components == len(keep)
+    assert {int(components[seeds == index][0]) for index in keep} == set(range(1, n_components + 1))
 
 
 def test_a_gap_in_a_straight_membrane_is_closed_by_a_one_pixel_line():
@@ -89,7 +90,30 @@ def test_stacks_are_closed_slice_by_slice_and_the_input_is_kept():
 
 def test_a_map_without_seeds_is_returned_unchanged():
     foreground = np.full((8, 8), 0.2, np.float64)
-    np.testing.assert_array_equal(close_boundaries(foreground), foreground.astype(np.float32))
+    closed = close_boundaries(foreground)
+    assert closed.dtype == np.float64 and closed is not foreground
+    np.testing.assert_array_equal(closed, foreground)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_values_keep_their_precision_and_seeds_are_compared_in_float64(dtype):
+    foreground = np.full((6, 9), 0.3, dtype)
+    foreground[:, 4] = 0.1  # two cells; float32(0.3) > 0.3 in float64, as the metrics see it
+    closed = close_boundaries(foreground, seed_threshold=0.3, min_seed_size=1)
+    assert closed.dtype == dtype
+    expected_seeds = 2 if np.float64(dtype(0.3)) > 0.3 else 0
+    assert ndimage.label(foreground.astype(np.float64) > 0.3, structure=FACES)[1] == expected_seeds
+    changed = closed != foreground
+    assert changed.sum() == (6 if expected_seeds == 2 else 0)  # the membrane column is the line
+    np.testing.assert_array_equal(closed[~changed], foreground[~changed])
+    near = np.full((6, 9), 0.50000001)
+    near[:, 4] = 0.3  # seeds only in float64
+    assert ndimage.label(close_boundaries(near, min_seed_size=1) > 0.0, structure=FACES)[1] == 2
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 5, 5), (2, 0, 5)])
+def test_empty_maps_come_back_empty(shape):
+    assert close_boundaries(np.zeros(shape, np.float32)).shape == shape
 
 
 @pytest.mark.parametrize(
@@ -102,6 +126,8 @@ def test_a_map_without_seeds_is_returned_unchanged():
         (np.ones((4, 4)), {"seed_threshold": 1.0}, ValueError, "seed_threshold must lie in [0, 1)"),
         (np.ones((4, 4)), {"min_seed_size": 0}, ValueError, "min_seed_size must be >= 1"),
         (np.ones((4, 4)), {"min_seed_size": 2.5}, TypeError, "min_seed_size must be an int"),
+        (np.ones((4, 4)), {"seed_threshold": "0.5"}, TypeError, "seed_threshold must be a number"),
+        (np.ones((4, 4)), {"seed_threshold": True}, TypeError, "seed_threshold must be a number"),
     ],
 )
 def test_bad_input_is_refused_naming_the_argument(foreground, kwargs, error, words):

@@ -138,6 +138,7 @@ def test_evaluate_offers_no_interior_seeds(tmp_path, capsys):
 def test_close_boundaries_changes_the_isbi_maps_only(tmp_path, capsys):
     from biounet.boundaries import close_boundaries
     from biounet.evaluation import evaluate
+    from biounet.postprocess import PostprocessConfig
 
     labels = np.zeros((30, 31), np.uint16)
     labels[:, :15], labels[:, 16:] = 1, 2  # two cells, a membrane of one pixel between
@@ -148,12 +149,16 @@ def test_close_boundaries_changes_the_isbi_maps_only(tmp_path, capsys):
     tifffile.imwrite(pred / "a_probability.tif", probability)
     out = tmp_path / "r.json"
     args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out), "--overwrite"]
-    assert main([*args, "--close-boundaries"]) == 0
+    assert main([*args, "--close-boundaries", "--threshold", "0.3"]) == 0
     closed = json.loads(out.read_text())["overall"]
     expected = evaluate([("a", labels, close_boundaries(probability))], metrics="isbi").overall
     assert {key: closed[key] for key in expected} == pytest.approx(expected)
-    instances = evaluate([("a", labels, probability)], metrics="ctc,instance").overall
-    assert {key: closed[key] for key in instances} == pytest.approx(instances)  # maps as read
+    # the objects come from the map as read: at 0.3 its two cells are one object
+    postprocess = PostprocessConfig(threshold=0.3)
+    instances = evaluate([("a", labels, probability)], metrics="ctc,instance", postprocess=postprocess).overall
+    from_closed = evaluate([("a", labels, close_boundaries(probability))], metrics="ctc,instance", postprocess=postprocess).overall
+    assert instances["seg"] != from_closed["seg"]
+    assert {key: closed[key] for key in instances} == pytest.approx(instances)
     assert main(args) == 0
     raw = json.loads(out.read_text())["overall"]
     assert raw["rand_error"] > closed["rand_error"]
@@ -164,3 +169,7 @@ def test_close_boundaries_changes_the_isbi_maps_only(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "--close-boundaries needs probability maps (float), got uint8" in error
     assert len(error.splitlines()) == 1
+    tifffile.imwrite(pred / "a_probability.tif", np.full(labels.shape, 2.0, np.float32))
+    assert main([*args, "--metrics", "isbi", "--close-boundaries"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "a_probability.tif is a float map with values in [2, 2]" in error

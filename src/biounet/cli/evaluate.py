@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--close-boundaries", action="store_true",
         help="score the ISBI errors on each probability map with its membrane gaps closed by "
-        "one-pixel seeded watershed lines (seeds: regions above 0.5; biounet.boundaries)",
+        "one-pixel seeded watershed lines (seeds: regions above 0.5 of >= 16 px; "
+        "biounet.boundaries); label files are refused",
     )
     add_postprocess_arguments(
         parser, used_by="instances from probability maps", with_interior=False
@@ -168,13 +169,18 @@ def _evaluate_passes(samples, passes, postprocess, close_boundaries: bool = Fals
 
 def _closed(path: Path, prediction):
     from biounet.boundaries import close_boundaries
+    from biounet.evaluation import as_probabilities
 
     if prediction.dtype.kind != "f":
         raise ValueError(
             f"--close-boundaries needs probability maps (float), got {prediction.dtype} "
             f"labels in {path}"
         )
-    return close_boundaries(prediction)
+    prediction = as_probabilities(prediction, name=f"prediction {path}")
+    try:
+        return close_boundaries(prediction)
+    except ValueError as error:
+        raise ValueError(f"--close-boundaries on {path}: {error}") from None
 
 
 def _find_predictions(folder: Path, names, suffixes: tuple[str, ...]) -> dict[str, Path]:
