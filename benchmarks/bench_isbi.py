@@ -1,4 +1,5 @@
-"""Benchmark the ISBI 2012 pixel, Rand and warping errors over their thresholds on one slice.
+"""Benchmark the ISBI 2012 pixel, Rand and warping errors over their thresholds on one slice,
+and `close_boundaries` (the watershed lines `reproduce isbi2012` also scores) on it.
 
 The ground truth is ISBI 2012 train/labels/20.png (a synthetic Voronoi membrane map if the
 data is absent); the probability map is that ground truth blurred plus seeded noise.
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from biounet.boundaries import close_boundaries
 from biounet.metrics.isbi import pixel_error, rand_error, warping_error
 
 DATA_ROOT = Path(
@@ -93,6 +95,17 @@ def run() -> list[dict]:
                 "target": "<= 1000 ms",
             }
         )
+    close_boundaries(probabilities)
+    median, _ = _median_seconds(lambda: close_boundaries(probabilities), N_REPEATS)
+    rows.append(
+        {
+            "benchmark": name,
+            "metric": "close_boundaries median time",
+            "value": median * 1e3,
+            "unit": "ms",
+            "target": "-",
+        }
+    )
     for metric_name, metric in metrics.items():
         rows.append(
             {
