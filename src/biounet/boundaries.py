@@ -22,6 +22,8 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 from skimage import segmentation
 
+from biounet.postprocess import PostprocessConfig, check_foreground
+
 # The ISBI metrics label cells over the 4 neighbours; lines of a face-connected watershed
 # separate exactly that.
 _FACES = ndimage.generate_binary_structure(2, 1)
@@ -59,20 +61,7 @@ def close_boundaries(
         ValueError: naming the argument, for a shape other than 2-D or 3-D, values
             outside [0, 1] or NaN, or a threshold or size out of range.
     """
-    array = np.asarray(foreground)
-    if array.dtype.kind != "f":
-        raise TypeError(
-            f"foreground must be floating-point probabilities in [0, 1], got dtype "
-            f"{array.dtype}"
-        )
-    if array.ndim not in (2, 3):
-        raise ValueError(f"foreground must be (Y, X) or (Z, Y, X), got shape {array.shape}")
-    if np.isnan(array).any():
-        raise ValueError("foreground must not contain NaN, got NaN values")
-    if array.size and not (array.min() >= 0.0 and array.max() <= 1.0):
-        raise ValueError(
-            f"foreground must lie in [0, 1], got range [{array.min()}, {array.max()}]"
-        )
+    array = check_foreground(foreground, PostprocessConfig())
     is_real = isinstance(seed_threshold, (int, float, np.integer, np.floating))
     if isinstance(seed_threshold, bool) or not is_real:
         raise TypeError(f"seed_threshold must be a number in [0, 1), got {seed_threshold!r}")

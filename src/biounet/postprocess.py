@@ -135,14 +135,14 @@ def probabilities_to_labels(
         ValueError: if it is not 2-D or 3-D, or holds values outside [0, 1] or NaN.
     """
     config = PostprocessConfig() if config is None else config
-    foreground = _check_foreground(foreground, config)
+    foreground = check_foreground(foreground, config)
     if (interior is None) != (config.seeds != "interior"):
         raise ValueError(
             "interior must be given exactly when config.seeds is 'interior', got "
             f"seeds={config.seeds!r} and interior {'given' if interior is not None else None}"
         )
     if interior is not None:
-        interior = _check_foreground(interior, config, name="interior")
+        interior = check_foreground(interior, config, name="interior")
         if interior.shape != foreground.shape:
             raise ValueError(
                 f"interior must have the shape of foreground {foreground.shape}, "
@@ -211,9 +211,11 @@ def instances_from_probabilities(
     return probabilities_to_labels(foreground, config=config, interior=interior)
 
 
-def _check_foreground(
+def check_foreground(
     foreground: ArrayLike, config: PostprocessConfig, name: str = "foreground"
 ) -> np.ndarray:
+    """Return `foreground` as an array after checking it is a (Y, X) or (Z, Y, X) float map
+    in [0, 1] (a few ulps of rounding outside allowed) without NaN; errors name `name`."""
     array = np.asarray(foreground)
     if array.dtype.kind != "f":
         raise TypeError(
