@@ -152,14 +152,6 @@ def run_experiment(
     ]
     groups = "isbi" if experiment == "isbi2012" else "ctc,instance"
     report = evaluate(predictions, metrics=groups)
-    closed = None
-    if experiment == "isbi2012":
-        from biounet.boundaries import close_boundaries
-
-        closed = evaluate(
-            [(name, truth, close_boundaries(p)) for name, truth, p in predictions],
-            metrics=groups,
-        ).overall
     if experiment == "ctc":
         report.overall["foreground_iou"] = _foreground_iou(predictions)
     results = {
@@ -177,7 +169,10 @@ def run_experiment(
         "images": report.rows,
     }
     if experiment == "isbi2012":
-        results["closed_boundaries"] = closed
+        from biounet.boundaries import close_boundaries
+
+        closed = [(name, truth, close_boundaries(p)) for name, truth, p in predictions]
+        results["closed_boundaries"] = evaluate(closed, metrics=groups).overall
         results["paper_table_1"] = PAPER_TABLE_1
     if experiment == "ctc" and label in PAPER_TABLE_2:
         results["paper_table_2_iou"] = PAPER_TABLE_2[label]

@@ -7,9 +7,10 @@ NAME_probability.tif (from biounet predict), NAME_labels.tif or NAME_mask.tif; t
 instance metrics (ctc, instance) take NAME_instances.tif (predict --instances) before
 NAME_probability.tif. Float files are probability maps, integer files label images;
 probability maps become instances by --threshold, --min-size and the watershed
-(`biounet.postprocess`). --close-boundaries first draws one-pixel watershed lines
-into each map where its membranes leave gaps (`biounet.boundaries`), for the ISBI
-errors only; the object metrics read the files unchanged. Prints a table per image and
+(`biounet.postprocess`). --close-boundaries first sets to 0 the one-pixel lines where
+the seeded watershed basins of each map meet, closing its membrane gaps
+(`biounet.boundaries`), for the ISBI errors only; the object metrics read the files
+unchanged. Prints a table per image and
 overall; --out writes JSON and --csv the per-image rows; an existing file is replaced only
 with --overwrite.
 """
