@@ -24,9 +24,7 @@ local scheduler or a distributed cluster) and `blockwise_normalization`
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from torch import nn
 
@@ -46,6 +44,7 @@ from biounet.inference.blockwise_source import (
 )
 from biounet.inference.blockwise_target import RECORD_KEY as RECORD_KEY
 from biounet.inference.blockwise_target import (
+    _is_new_target,
     _open_target,
     _Record,
     _signature,
@@ -158,14 +157,6 @@ def predict_blockwise(
     finally:
         opened.close()
     return output
-
-
-def _is_new_target(target) -> bool:
-    """Whether `_open_target` will create the target rather than open an existing one."""
-    if not isinstance(target, (str, os.PathLike)):
-        return False
-    path = Path(target)
-    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
 def _check_model(model: nn.Module) -> UNetConfig:

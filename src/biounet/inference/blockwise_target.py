@@ -40,7 +40,7 @@ def _open_target(target, shape, grid: TileGrid, block_shape, *, resume: bool):
     if not isinstance(target, (str, os.PathLike)):
         raise TypeError(f"target must be a path or a zarr array, got {type(target).__name__}")
     path = Path(target)
-    if path.exists() and (path.is_file() or any(path.iterdir())):
+    if _is_occupied(path):
         try:
             existing = zarr.open_array(str(path), mode="r+")
         except Exception:  # anything but a zarr array: never overwrite it
@@ -67,6 +67,16 @@ def _open_target(target, shape, grid: TileGrid, block_shape, *, resume: bool):
         overwrite=True,
     )
     return array, blocks
+
+
+def _is_new_target(target) -> bool:
+    """Whether `_open_target` will create the target rather than open an existing one."""
+    return isinstance(target, (str, os.PathLike)) and not _is_occupied(Path(target))
+
+
+def _is_occupied(path: Path) -> bool:
+    """A file, or a folder with anything in it: `_open_target` opens it, never overwrites."""
+    return path.exists() and (path.is_file() or any(path.iterdir()))
 
 
 def _check_target_shape(array, shape: tuple[int, ...], *, name: str) -> None:
