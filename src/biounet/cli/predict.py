@@ -13,6 +13,9 @@ Files are written to a temporary name and renamed into place when complete.
 axis flips of a 3-D volume; Z is never rotated): 8 predictions, 8x the time.
 --backend onnxruntime runs the network with ONNX Runtime instead of PyTorch, with the
 same tiling; --model may then be an .onnx file from `biounet export --format onnx`.
+--model given several times predicts with each network and averages their probabilities
+(an ensemble: of seeds, folds, or a run's best.safetensors and model.safetensors); the
+networks must share input channels, classes and spatial axes.
 
 Out of core, for images larger than memory: when --out ends in .zarr, or IMAGE is a
 zarr store (an array `image.zarr`, one array of a group `image.zarr/0`, or an
@@ -30,9 +33,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 from biounet.cli.postprocess_args import (
     add_postprocess_arguments,
@@ -54,8 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
+        action="append",
         help="weight file (.safetensors) or bioimage.io package (.zip) from biounet; "
-        "with --backend onnxruntime also an .onnx file from biounet export",
+        "with --backend onnxruntime also an .onnx file from biounet export; repeat it to "
+        "average several models' probabilities (an ensemble, N x the time)",
     )
     parser.add_argument(
         "--out",
@@ -140,8 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from biounet.cli import predict_zarr
+    from biounet.cli import predict_outputs, predict_zarr
     from biounet.data.io import check_input_file, check_output_path
+    from biounet.inference.ensemble import check_members
 
     if not args.instances and given_postprocess_flags(args):
         raise ValueError(
@@ -161,13 +166,19 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, name="--out", is_folder=True)
     if not args.overwrite:
         for path in paths:
-            for target in _targets(out, path, args).values():
+            for target in predict_outputs.targets(out, path, args).values():
                 if target.exists():
                     raise FileExistsError(
                         f"output {target} already exists; pass --overwrite to replace it"
                     )
 
-    def check(config) -> None:
+    configs: list = []
+
+    def check(config, model_path: str) -> None:
+        # Each ensemble member against the first, before the next one's ONNX export.
+        names = [f"--model {args.model[0]}", f"--model {model_path}"]
+        check_members([*configs[:1], config], names)
+        configs.append(config)
         if args.tile_shape is not None and len(args.tile_shape) != config.ndim:
             raise ValueError(
                 f"--tile-shape needs {config.ndim} values for this {config.ndim}-D "
@@ -178,13 +189,16 @@ def run(args: argparse.Namespace) -> int:
         postprocess_config(args, boundary_class=config.boundary_class)
 
     try:
-        model = _load_network(args.model, backend=args.backend, check=check)
+        models = [
+            _load_network(path, backend=args.backend, check=partial(check, model_path=path))
+            for path in args.model
+        ]
     except ImportError as error:  # onnxruntime or onnx missing: one line, exit 2
         print(f"biounet predict: error: {error}", file=sys.stderr)
         return 2
-    postprocess = postprocess_config(args, boundary_class=model.config.boundary_class)
+    postprocess = postprocess_config(args, boundary_class=models[0].config.boundary_class)
     for path in tqdm(paths, desc="images", unit="image", disable=args.quiet or len(paths) < 2):
-        _predict_file(model, path, out, args, postprocess=postprocess)
+        predict_outputs.predict_file(models, path, out, args, postprocess=postprocess)
     return 0
 
 
@@ -221,81 +235,3 @@ def _check_unique_stems(paths: list[Path]) -> None:
                 "their outputs would overwrite each other"
             )
         seen[path.stem] = path
-
-
-def _targets(out: Path, path: Path, args: argparse.Namespace) -> dict[str, Path]:
-    names = ["probability", "mask"]
-    names += ["probabilities"] * args.save_probabilities + ["instances"] * args.instances
-    return {name: out / f"{path.stem}_{name}.tif" for name in names}
-
-
-def _remove_stale_instances(out: Path, path: Path, args: argparse.Namespace) -> None:
-    """With --overwrite but without --instances, drop an earlier run's <name>_instances.tif:
-    beside the new probability map `biounet evaluate` would score it as this model's."""
-    import logging
-
-    stale = out / f"{path.stem}_instances.tif"
-    if args.overwrite and not args.instances and stale.is_file():
-        stale.unlink()
-        logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
-
-
-def _instances(probabilities: np.ndarray, config, postprocess) -> np.ndarray:
-    """Object ids of (C, ...) probabilities; the pages of a 2-D network's stack are
-    segmented one by one and numbered on, so every id names one object in the stack."""
-    from biounet.postprocess import instances_from_probabilities
-
-    per_page = probabilities.ndim == config.ndim + 2
-    pages_first = np.moveaxis(probabilities, 1, 0) if per_page else probabilities[None]
-    pages, n_objects = [], 0
-    for one in pages_first:
-        page = instances_from_probabilities(
-            one, boundary_class=config.boundary_class, config=postprocess
-        ).astype(np.int64)
-        pages.append(np.where(page > 0, page + n_objects, 0))
-        n_objects += int(page.max(initial=0))
-    instances = np.stack(pages) if per_page else pages[0]
-    return instances.astype(np.uint16 if n_objects < 2**16 else np.uint32)
-
-
-def _predict_file(
-    model, path: Path, out: Path, args: argparse.Namespace, *, postprocess=None
-) -> None:
-    from biounet.data.io import read_image, write_tiff
-    from biounet.data.prepare import prepare_page, split_pages
-    from biounet.inference.predict import predict_tiled
-    from biounet.inference.tta import predict_tta
-
-    predict = predict_tta if args.tta else predict_tiled
-    config = model.config
-    raw = read_image(path, name="IMAGE")
-    pages = split_pages(raw, ndim=config.ndim, name=f"IMAGE {path}")
-    results = []
-    for index, page in enumerate(pages):
-        name = f"IMAGE {path}" + (f" page {index}" if len(pages) > 1 else "")
-        image = prepare_page(
-            page, in_channels=config.in_channels, normalization=args.normalization, name=name
-        )
-        results.append(
-            predict(
-                model,
-                image,
-                tile_shape=tuple(args.tile_shape) if args.tile_shape else None,
-                batch_size=args.batch_size,
-                memory_budget=int(args.memory_budget * 1024**3),
-                progress=not args.quiet,
-            )
-        )
-    probabilities = np.stack(results, axis=1) if len(pages) > 1 else results[0]
-    foreground = 1.0 - probabilities[0]
-    # class ids above 255 need 16 bits (UNetConfig allows up to 1024 classes)
-    mask_dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
-    mask = np.argmax(probabilities, axis=0).astype(mask_dtype)
-    targets = _targets(out, path, args)
-    write_tiff(targets["probability"], foreground.astype(np.float32))
-    write_tiff(targets["mask"], mask)
-    if args.save_probabilities:
-        write_tiff(targets["probabilities"], probabilities)
-    _remove_stale_instances(out, path, args)
-    if args.instances:
-        write_tiff(targets["instances"], _instances(probabilities, config, postprocess))

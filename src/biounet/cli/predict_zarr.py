@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     source = _check_arguments(args)
     target = Path(args.out)
     resume = _check_target(target, resume=args.resume, overwrite=args.overwrite)
-    model = load_model(args.model)
+    model = load_model(args.model[0])
     ndim = model.config.ndim
     for flag, values in (("--tile-shape", args.tile_shape), ("--block-shape", args.block_shape)):
         if values is not None and len(values) != ndim:
@@ -117,6 +117,11 @@ def _check_arguments(args: argparse.Namespace) -> str:
         )
     if args.memory_budget <= 0:
         raise ValueError(f"--memory-budget must be positive (GB), got {args.memory_budget}")
+    if len(args.model) > 1:
+        raise ValueError(
+            f"--model given {len(args.model)} times: an ensemble is not available with zarr "
+            "output yet; predict into a folder (--out DIR) or pass one --model"
+        )
     for flag in ("tta", "backend", "instances"):  # options of in-memory prediction only
         value = getattr(args, flag, None)
         if value not in (None, False, "torch"):

@@ -1,0 +1,87 @@
+"""Write the outputs of in-memory prediction for one image file: probability, mask, all
+classes and instances as TIFFs, each to a temporary name renamed into place."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def targets(out: Path, path: Path, args: argparse.Namespace) -> dict[str, Path]:
+    names = ["probability", "mask"]
+    names += ["probabilities"] * args.save_probabilities + ["instances"] * args.instances
+    return {name: out / f"{path.stem}_{name}.tif" for name in names}
+
+
+def _remove_stale_instances(out: Path, path: Path, args: argparse.Namespace) -> None:
+    """With --overwrite but without --instances, drop an earlier run's <name>_instances.tif:
+    beside the new probability map `biounet evaluate` would score it as this model's."""
+    import logging
+
+    stale = out / f"{path.stem}_instances.tif"
+    if args.overwrite and not args.instances and stale.is_file():
+        stale.unlink()
+        logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
+
+
+def _instances(probabilities: np.ndarray, config, postprocess) -> np.ndarray:
+    """Object ids of (C, ...) probabilities; the pages of a 2-D network's stack are
+    segmented one by one and numbered on, so every id names one object in the stack."""
+    from biounet.postprocess import instances_from_probabilities
+
+    per_page = probabilities.ndim == config.ndim + 2
+    pages_first = np.moveaxis(probabilities, 1, 0) if per_page else probabilities[None]
+    pages, n_objects = [], 0
+    for one in pages_first:
+        page = instances_from_probabilities(
+            one, boundary_class=config.boundary_class, config=postprocess
+        ).astype(np.int64)
+        pages.append(np.where(page > 0, page + n_objects, 0))
+        n_objects += int(page.max(initial=0))
+    instances = np.stack(pages) if per_page else pages[0]
+    return instances.astype(np.uint16 if n_objects < 2**16 else np.uint32)
+
+
+def predict_file(
+    models: list, path: Path, out: Path, args: argparse.Namespace, *, postprocess=None
+) -> None:
+    """Predict IMAGE `path` with the network, or the mean of several (`predict_ensemble`)."""
+    from biounet.data.io import read_image, write_tiff
+    from biounet.data.prepare import prepare_page, split_pages
+    from biounet.inference.ensemble import predict_ensemble
+
+    config = models[0].config
+    raw = read_image(path, name="IMAGE")
+    pages = split_pages(raw, ndim=config.ndim, name=f"IMAGE {path}")
+    results = []
+    for index, page in enumerate(pages):
+        name = f"IMAGE {path}" + (f" page {index}" if len(pages) > 1 else "")
+        image = prepare_page(
+            page, in_channels=config.in_channels, normalization=args.normalization, name=name
+        )
+        results.append(
+            predict_ensemble(
+                models,
+                image,
+                tta=args.tta,
+                tile_shape=tuple(args.tile_shape) if args.tile_shape else None,
+                batch_size=args.batch_size,
+                memory_budget=int(args.memory_budget * 1024**3),
+                progress=not args.quiet,
+            )
+        )
+    probabilities = np.stack(results, axis=1) if len(pages) > 1 else results[0]
+    foreground = 1.0 - probabilities[0]
+    # class ids above 255 need 16 bits (UNetConfig allows up to 1024 classes)
+    mask_dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
+    mask = np.argmax(probabilities, axis=0).astype(mask_dtype)
+    files = targets(out, path, args)
+    write_tiff(files["probability"], foreground.astype(np.float32))
+    write_tiff(files["mask"], mask)
+    if args.save_probabilities:
+        write_tiff(files["probabilities"], probabilities)
+    _remove_stale_instances(out, path, args)
+    if args.instances:
+        write_tiff(files["instances"], _instances(probabilities, config, postprocess))

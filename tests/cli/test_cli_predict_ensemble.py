@@ -1,0 +1,80 @@
+"""`biounet predict --model A --model B`: the mean of the models' own predictions."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from biounet.cli import main
+from biounet.config import UNetConfig
+from biounet.data.normalize import normalize_percentile
+from biounet.inference.predict import predict_tiled
+from biounet.inference.tta import predict_tta
+from biounet.model.unet import UNet
+from biounet.weightfile import save_model
+
+
+def _model_file(path, seed, **config):
+    torch.manual_seed(seed)
+    model = UNet(UNetConfig(**{"depth": 2, "base_channels": 4, **config})).eval()
+    return model, save_model(model, path)
+
+
+@pytest.fixture
+def image_file(tmp_path, rng):
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, rng.integers(0, 4000, (45, 52), dtype=np.uint16))
+    return path
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_two_models_average_their_own_predictions(tmp_path, image_file, tta):
+    first, first_file = _model_file(tmp_path / "a.safetensors", 0)
+    second, second_file = _model_file(tmp_path / "b.safetensors", 1, depth=3)
+    out = tmp_path / "out"
+    code = main(
+        ["predict", "--model", str(first_file), "--model", str(second_file), str(image_file),
+         "--out", str(out), "--save-probabilities", "--quiet", *["--tta"] * tta]
+    )
+    assert code == 0
+    image = normalize_percentile(tifffile.imread(image_file).astype(np.float32))
+    single = predict_tta if tta else predict_tiled
+    own = [single(model, image) for model in (first, second)]
+    probabilities = tifffile.imread(out / "cells_probabilities.tif")
+    np.testing.assert_allclose(probabilities, (own[0] + own[1]) / 2, atol=1e-5)
+    assert min(np.abs(probabilities - one).max() for one in own) > 1e-4
+    np.testing.assert_allclose(
+        tifffile.imread(out / "cells_probability.tif"), 1.0 - probabilities[0], atol=1e-6
+    )
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "cells_mask.tif"), probabilities.argmax(axis=0)
+    )
+
+
+def test_members_predicting_other_classes_exit_2_naming_the_file(
+    tmp_path, image_file, capsys
+):
+    _, two_classes = _model_file(tmp_path / "two.safetensors", 0)
+    _, three_classes = _model_file(tmp_path / "three.safetensors", 1, n_classes=3)
+    out = tmp_path / "out"
+    code = main(
+        ["predict", "--model", str(two_classes), "--model", str(three_classes),
+         str(image_file), "--out", str(out), "--quiet"]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1
+    assert f"--model {three_classes} has n_classes=3 but --model {two_classes} has 2" in error
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_ensemble_into_zarr_is_refused(tmp_path, image_file, capsys):
+    _, first = _model_file(tmp_path / "a.safetensors", 0)
+    _, second = _model_file(tmp_path / "b.safetensors", 1)
+    code = main(
+        ["predict", "--model", str(first), "--model", str(second), str(image_file),
+         "--out", str(tmp_path / "out.zarr"), "--quiet"]
+    )
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1
+    assert "--model given 2 times" in error and "zarr" in error
+    assert not (tmp_path / "out.zarr").exists()
