@@ -39,8 +39,9 @@ def test_one_member_is_that_member_and_options_reach_every_member(rng):
         predict_tiled(model, image, tile_shape=(60, 60)),
     )
     with pytest.raises(ValueError, match="tile_shape"):
-        # 61 is a valid size of neither member; the error comes from predict_tiled.
-        predict_ensemble([model, _network(1)], image, tile_shape=(61, 61))
+        # 60 is valid for the depth-2 first member, not for the depth-3 second one,
+        # so only an option passed on to the second member can raise.
+        predict_ensemble([model, _network(1, depth=3)], image, tile_shape=(60, 60))
 
 
 def test_members_that_predict_differently_are_refused_by_name():

@@ -10,6 +10,7 @@ import numpy as np
 
 
 def targets(out: Path, path: Path, args: argparse.Namespace) -> dict[str, Path]:
+    """The files predicting IMAGE `path` writes into `out`, by kind, for these options."""
     names = ["probability", "mask"]
     names += ["probabilities"] * args.save_probabilities + ["instances"] * args.instances
     return {name: out / f"{path.stem}_{name}.tif" for name in names}
