@@ -8,6 +8,10 @@ For every IMAGE (TIFF, multi-page TIFF stack, PNG) writes into --out:
                            the foreground post-processed (biounet.postprocess), seeded
                            by the predicted interiors for a boundary-class network;
                            pages of a stack are segmented one by one, ids unique
+  <name>_closed.tif        float32 foreground probability with its membrane gaps closed,
+                           with --close-boundaries: 0 on the one-pixel lines where a
+                           watershed from the interiors above 0.5 meets, slice by slice
+                           (biounet.boundaries; what evaluate --close-boundaries scores)
 Files are written to a temporary name and renamed into place when complete.
 --tta averages the probabilities over the 8 flips/rotations of a 2-D image (the 8
 axis flips of a 3-D volume; Z is never rotated): 8 predictions, 8x the time.
@@ -104,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace existing outputs; without --instances also remove an earlier "
         "<name>_instances.tif, which evaluate would otherwise score",
     )
+    parser.add_argument(
+        "--close-boundaries",
+        action="store_true",
+        help="also write <name>_closed.tif: the foreground probability with 0 on one-pixel "
+        "watershed lines between the interiors, closing membrane gaps (EM, ISBI 2012)",
+    )
     add_postprocess_arguments(parser, used_by="with --instances")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -187,6 +197,11 @@ def run(args: argparse.Namespace) -> int:
         for path in paths:
             predict_zarr.check_fits_in_memory(path, config)
         postprocess_config(args, boundary_class=config.boundary_class)
+        if args.close_boundaries and config.boundary_class:
+            raise ValueError(
+                f"--close-boundaries closes the membranes of a two-class cell/membrane map; "
+                f"--model {model_path} has a boundary class (its instances: --instances)"
+            )
 
     try:
         models = [

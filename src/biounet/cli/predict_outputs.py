@@ -1,5 +1,5 @@
 """Write the outputs of in-memory prediction for one image file: probability, mask, all
-classes and instances as TIFFs, each to a temporary name renamed into place."""
+classes, instances and the closed map as TIFFs, each to a temporary name renamed into place."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def targets(out: Path, path: Path, args: argparse.Namespace) -> dict[str, Path]:
     """The files predicting IMAGE `path` writes into `out`, by kind, for these options."""
     names = ["probability", "mask"]
     names += ["probabilities"] * args.save_probabilities + ["instances"] * args.instances
+    names += ["closed"] * args.close_boundaries
     return {name: out / f"{path.stem}_{name}.tif" for name in names}
 
 
@@ -86,3 +87,13 @@ def predict_file(
     _remove_stale_instances(out, path, args)
     if args.instances:
         write_tiff(files["instances"], _instances(probabilities, config, postprocess))
+    if args.close_boundaries:
+        write_tiff(files["closed"], _closed(foreground.astype(np.float32)))
+
+
+def _closed(foreground: np.ndarray) -> np.ndarray:
+    """`close_boundaries` of every (Y, X) slice: of a page, a stack or a 3-D volume."""
+    from biounet.boundaries import close_boundaries
+
+    slices = foreground.reshape(-1, *foreground.shape[-2:])
+    return close_boundaries(slices).reshape(foreground.shape)

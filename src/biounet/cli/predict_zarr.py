@@ -122,10 +122,11 @@ def _check_arguments(args: argparse.Namespace) -> str:
             f"--model given {len(args.model)} times: an ensemble is not available with zarr "
             "output yet; predict into a folder (--out DIR) or pass one --model"
         )
-    for flag in ("tta", "backend", "instances"):  # options of in-memory prediction only
+    # options of in-memory prediction only
+    for flag in ("tta", "backend", "instances", "close_boundaries"):
         value = getattr(args, flag, None)
         if value not in (None, False, "torch"):
-            raise ValueError(f"--{flag} is not available with zarr output yet")
+            raise ValueError(f"--{flag.replace('_', '-')} is not available with zarr output yet")
     from biounet.data.io import TIFF_SUFFIXES
     from biounet.data.ome_zarr import is_zarr_path
 
