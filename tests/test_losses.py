@@ -1,11 +1,17 @@
-"""Weighted soft-max cross-entropy against a hand computation."""
+"""Weighted soft-max cross-entropy against a hand computation; skeleton recall against loops."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from biounet.losses import WeightedCrossEntropy, weighted_cross_entropy
+from biounet.losses import (
+    WeightedCrossEntropy,
+    skeleton_recall,
+    target_skeletons,
+    weighted_cross_entropy,
+)
 
 
 def test_matches_hand_computation():
@@ -35,3 +41,83 @@ def test_shape_errors():
         weighted_cross_entropy(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="weights shape"):
         weighted_cross_entropy(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long), torch.ones(1, 4, 3))
+
+
+def reference_skeleton_recall(scores, skeletons):
+    """Loop over classes and pixels: 1 - mean over classes with skeleton of the soft recall."""
+    probabilities = torch.softmax(scores, dim=1).numpy()
+    skeletons = skeletons.numpy()
+    recalls = []
+    for k in range(scores.shape[1]):
+        covered = length = 0.0
+        for index in np.ndindex(skeletons[:, k].shape):
+            item, *pixel = index
+            length += skeletons[(item, k, *pixel)]
+            covered += probabilities[(item, k, *pixel)] * skeletons[(item, k, *pixel)]
+        if length:
+            recalls.append(covered / length)
+    return 1.0 - sum(recalls) / len(recalls)
+
+
+def membrane_target(batch=2):
+    target = torch.ones(batch, 24, 30, dtype=torch.int64)
+    target[:, 10:13, :] = 0  # a 3-pixel membrane between two cells
+    target[:, :, 14:16] = 0
+    return target
+
+
+def test_tubed_skeletons_follow_each_class_and_stay_inside_it():
+    target = membrane_target()
+    skeletons = target_skeletons(target, 3)
+    assert skeletons.shape == (2, 3, 24, 30) and skeletons.dtype == torch.float32
+    assert skeletons[:, 2].sum() == 0  # an absent class has no skeleton
+    for k in (0, 1):
+        inside = (target == k).float()
+        assert (skeletons[:, k] <= inside).all() and skeletons[:, k].sum() > 0
+    # the membrane's tube is its centre line with a pixel either side: all 3 rows here
+    assert skeletons[0, 0, 10:13, 0:8].all()
+    # far thinner than the class: the tube is a line, not an area
+    assert skeletons[:, 1].sum() < 0.5 * (target == 1).sum()
+
+
+def test_skeleton_recall_matches_the_loop_reference():
+    generator = torch.Generator().manual_seed(1)
+    target = membrane_target()
+    skeletons = target_skeletons(target, 3)
+    scores = torch.randn(2, 3, 24, 30, generator=generator)
+    expected = reference_skeleton_recall(scores, skeletons)
+    assert skeleton_recall(scores, skeletons).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_membrane_gap_costs_its_length_and_the_gradient_closes_it():
+    target = membrane_target(batch=1)
+    skeletons = target_skeletons(target, 2)
+    scores = torch.where(target == 0, 5.0, -5.0)[:, None].repeat(1, 2, 1, 1)
+    scores[:, 1] *= -1  # confident and right everywhere
+    perfect = skeleton_recall(scores, skeletons).item()
+    gapped = scores.clone()
+    gapped[:, :, 9:14, 3:7] = gapped[:, :, 9:14, 3:7].flip(1)  # membrane predicted as cell
+    gapped.requires_grad_(True)
+    loss = skeleton_recall(gapped, skeletons)
+    loss.backward()
+    assert perfect < 1e-3 and loss.item() > perfect + 0.01
+    # descending the gradient raises the membrane score inside the gap, not elsewhere
+    assert (gapped.grad[0, 0, 10:13, 3:7] < 0).all()
+    assert gapped.grad[0, 0, :, 20:].abs().max() < 1e-6
+
+
+def test_skeleton_recall_needs_matching_shapes_and_tolerates_empty_skeletons():
+    with pytest.raises(ValueError, match="scores .* and skeletons"):
+        skeleton_recall(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4))
+    scores = torch.zeros(1, 2, 4, 4, requires_grad=True)
+    loss = skeleton_recall(scores, torch.zeros(1, 2, 4, 4))
+    loss.backward()
+    assert loss.item() == 0.0 and scores.grad is not None
+
+
+def test_3d_targets_get_skeletons_too():
+    target = torch.ones(1, 6, 12, 12, dtype=torch.int64)
+    target[:, :, 5:7, :] = 0
+    skeletons = target_skeletons(target, 2)
+    assert skeletons.shape == (1, 2, 6, 12, 12)
+    assert skeletons[:, 0].sum() > 0 and (skeletons[:, 0] <= (target == 0).float()).all()

@@ -206,6 +206,10 @@ class TrainConfig(_JsonConfig):
             torch.autocast with bfloat16 matrix products, while weights, optimiser state
             and the loss stay float32. Faster on CPUs with bfloat16 dot-product
             instructions (AVX512-BF16, AMX); validation and prediction stay float32.
+        skeleton_recall: weight of the skeleton recall term (Kirchhoff et al. 2024,
+            `biounet.losses.skeleton_recall`) added to the loss of eq. 1; 0 (the paper)
+            leaves it out. It stresses the connectivity of thin structures (membrane gaps
+            merge cells, spurious membranes split them); costs a skeletonisation per tile.
     """
 
     iterations: int = 2000
@@ -228,6 +232,7 @@ class TrainConfig(_JsonConfig):
     normalization: str = "percentile"
     validation_metric: str = "foreground_iou"
     precision: str = "float32"
+    skeleton_recall: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("validation_metric", self.validation_metric, VALIDATION_METRICS)
@@ -255,6 +260,7 @@ class TrainConfig(_JsonConfig):
             ("w0", 0.0, None),
             ("sigma_px", 0.0, None),
             ("foreground_fraction", 0.0, 1.0),
+            ("skeleton_recall", 0.0, None),
         ):
             _check_number(name, getattr(self, name), low, high)
         if self.sigma_px == 0 or self.learning_rate == 0:

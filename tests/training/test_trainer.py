@@ -279,3 +279,28 @@ def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_pat
     assert result.best_score > 0  # objects found and matched through interior seeds
     assert seen and all(entry == (3, {"boundary_class": True}) for entry in seen)
 
+
+
+def test_skeleton_recall_joins_the_loss_only_when_weighted(tmp_path, rng, monkeypatch):
+    import biounet.training.trainer as trainer_module
+
+    calls = []
+    original = trainer_module.skeleton_recall
+    monkeypatch.setattr(trainer_module, "skeleton_recall", lambda scores, skeletons: calls.append((scores.shape, skeletons)) or original(scores, skeletons))
+    items = synthetic_items(rng)
+    make_trainer(tmp_path / "off", items, 5, augment=None).fit()
+    assert calls == []
+    make_trainer(tmp_path / "on", items, 5, augment=None, skeleton_recall=2.0).fit()
+    assert len(calls) == 5
+    shape, skeletons = calls[0]
+    assert shape == skeletons.shape and shape[:2] == (2, 2)
+    assert skeletons[:, 1].sum() > 0  # the squares have skeletons
+    off, on = (float(read_metrics(tmp_path / name / "metrics.csv")[0]["loss"]) for name in ("off", "on"))
+    # same tiles, same start: the weighted term (0 to 2 per step) raises the logged loss
+    assert on > off + 0.1
+
+
+@pytest.mark.parametrize(("value", "error"), [(-0.5, ValueError), ("1", TypeError)])
+def test_skeleton_recall_weight_is_checked(value, error):
+    with pytest.raises(error, match="skeleton_recall"):
+        TrainConfig(skeleton_recall=value)

@@ -27,7 +27,7 @@ from biounet.config import TrainConfig, UNetConfig
 from biounet.data.dataset import TileDataset, TrainingImage
 from biounet.data.io import atomic_path, make_folder
 from biounet.inference.predict import predict_tiled
-from biounet.losses import weighted_cross_entropy
+from biounet.losses import skeleton_recall, target_skeletons, weighted_cross_entropy
 from biounet.model.unet import UNet
 from biounet.training import distributed
 from biounet.training.checkpoint import load_checkpoint, restore, save_checkpoint
@@ -199,6 +199,11 @@ class Trainer:
                 with torch.autocast("cpu", torch.bfloat16, enabled=low_precision):
                     logits = network(image)
                 loss = weighted_cross_entropy(logits.float(), target, weights)
+                if config.skeleton_recall > 0:
+                    skeletons = target_skeletons(target, self.model_config.n_classes)
+                    loss = loss + config.skeleton_recall * skeleton_recall(
+                        logits.float(), skeletons
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for group in optimizer.param_groups:
