@@ -62,6 +62,16 @@ def test_precision_flag_reaches_the_run_config(tmp_path, rng, tiny_config, capsy
     assert exit_info.value.code == 2 and "--precision" in capsys.readouterr().err
 
 
+def test_skeleton_recall_flag_reaches_the_run_config(tmp_path, rng, tiny_config, capsys):
+    data = write_pairs(tmp_path / "data", rng)
+    args = ["train", "--data", str(data), "--quiet", "--config", str(tiny_config)]
+    assert main([*args, "--out", str(tmp_path / "run"), "--iterations", "2", "--skeleton-recall", "0.5"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["skeleton_recall"] == 0.5
+    assert main([*args, "--out", str(tmp_path / "bad"), "--skeleton-recall", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "skeleton_recall must be >= 0.0, got -1.0" in err
+
+
 def make_no_foreground(folder, rng):
     write_pairs(folder, rng, count=2)
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "labels" / "01.png")

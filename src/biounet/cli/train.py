@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("float32", "bfloat16"),
         help="bfloat16: autocast forward pass, float32 weights (faster on AVX512-BF16/AMX CPUs)",
     )
+    train.add_argument(
+        "--skeleton-recall",
+        type=float,
+        metavar="W",
+        help="add W x the skeleton recall loss (Kirchhoff et al. 2024), which stresses "
+        "the connectivity of thin structures such as membranes (default 0: off)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         validation_metric=args.validation_metric,
         precision=args.precision,
+        skeleton_recall=args.skeleton_recall,
     )
     _check_tile_shape(config)
     if config.model.boundary_class and args.label_kind == "semantic":
