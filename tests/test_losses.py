@@ -66,18 +66,56 @@ def membrane_target(batch=2):
     return target
 
 
-def test_tubed_skeletons_follow_each_class_and_stay_inside_it():
+def reference_tubes(labels, n_classes):
+    """Per item, class and plane: skimage's skeleton, dilated twice by a cross, in the class."""
+    from skimage.morphology import dilation, skeletonize
+
+    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+    out = np.zeros((labels.shape[0], n_classes, *labels.shape[1:]), np.float32)
+    for item in range(labels.shape[0]):
+        for k in range(n_classes):
+            for plane in np.ndindex(labels.shape[1:-2]):
+                mask = labels[(item, *plane)] == k
+                tube = dilation(dilation(skeletonize(mask), cross), cross) & mask
+                out[(item, k, *plane)] = tube
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 52), (1, 3, 30, 34)])
+def test_tubed_skeletons_equal_the_plane_by_plane_reference(shape):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2)
+    # blobs of three classes with thin and thick parts
+    labels = ndimage.zoom(rng.integers(0, 3, [max(2, n // 6) for n in shape]), [a / max(2, a // 6) for a in shape], order=0)[tuple(slice(0, n) for n in shape)]
+    assert labels.shape == shape and len(np.unique(labels)) == 3
+    skeletons = target_skeletons(torch.from_numpy(labels), 4)
+    np.testing.assert_array_equal(skeletons.numpy(), reference_tubes(labels, 4))
+    assert skeletons[:, 3].sum() == 0  # an absent class has no skeleton
+
+
+def test_tubes_follow_each_class_and_stay_inside_it():
     target = membrane_target()
-    skeletons = target_skeletons(target, 3)
-    assert skeletons.shape == (2, 3, 24, 30) and skeletons.dtype == torch.float32
-    assert skeletons[:, 2].sum() == 0  # an absent class has no skeleton
+    skeletons = target_skeletons(target, 2)
     for k in (0, 1):
-        inside = (target == k).float()
-        assert (skeletons[:, k] <= inside).all() and skeletons[:, k].sum() > 0
-    # the membrane's tube is its centre line with a pixel either side: all 3 rows here
-    assert skeletons[0, 0, 10:13, 0:8].all()
-    # far thinner than the class: the tube is a line, not an area
+        assert (skeletons[:, k] <= (target == k).float()).all() and skeletons[:, k].sum() > 0
+    assert skeletons[0, 0, 10:13, 0:8].all()  # a 3-pixel membrane is its own tube
+    # far thinner than the class: the cells' tube is a band, not their area
     assert skeletons[:, 1].sum() < 0.5 * (target == 1).sum()
+
+
+@pytest.mark.parametrize(
+    ("target", "n_classes", "message"),
+    [
+        (torch.zeros(4, 4, dtype=torch.int64), 2, "target must be an integer \\(B, Y, X\\)"),
+        (torch.zeros(1, 4, 4), 2, "got torch.float32"),
+        (torch.full((1, 4, 4), 2), 2, "target classes must lie in \\[0, 2\\), got \\[2, 2\\]"),
+        (torch.zeros(1, 4, 4, dtype=torch.int64), 0, "n_classes must be a positive integer, got 0"),
+    ],
+)
+def test_target_skeletons_refuses_bad_input(target, n_classes, message):
+    with pytest.raises(ValueError, match=message):
+        target_skeletons(target, n_classes)
 
 
 def test_skeleton_recall_matches_the_loop_reference():
@@ -113,11 +151,3 @@ def test_skeleton_recall_needs_matching_shapes_and_tolerates_empty_skeletons():
     loss = skeleton_recall(scores, torch.zeros(1, 2, 4, 4))
     loss.backward()
     assert loss.item() == 0.0 and scores.grad is not None
-
-
-def test_3d_targets_get_skeletons_too():
-    target = torch.ones(1, 6, 12, 12, dtype=torch.int64)
-    target[:, :, 5:7, :] = 0
-    skeletons = target_skeletons(target, 2)
-    assert skeletons.shape == (1, 2, 6, 12, 12)
-    assert skeletons[:, 0].sum() > 0 and (skeletons[:, 0] <= (target == 0).float()).all()

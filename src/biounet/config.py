@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -209,7 +210,8 @@ class TrainConfig(_JsonConfig):
         skeleton_recall: weight of the skeleton recall term (Kirchhoff et al. 2024,
             `biounet.losses.skeleton_recall`) added to the loss of eq. 1; 0 (the paper)
             leaves it out. It stresses the connectivity of thin structures (membrane gaps
-            merge cells, spurious membranes split them); costs a skeletonisation per tile.
+            merge cells, spurious membranes split them); costs a skeletonisation per
+            class, tile and (in 3-D) slice, in the training step.
     """
 
     iterations: int = 2000
@@ -270,6 +272,8 @@ class TrainConfig(_JsonConfig):
 def _check_number(name: str, value: Any, low: float, high: float | None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     if value < low or (high is not None and value > high):
         bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bounds}, got {value}")

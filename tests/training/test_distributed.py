@@ -30,20 +30,20 @@ def items():
     return result
 
 
-def train(run_dir, batch_size):
-    config = TrainConfig(iterations=4, tile_shape=(60, 60), batch_size=batch_size, optimizer="sgd", learning_rate=0.05, momentum=0.9, validate_every=4, checkpoint_every=4, workers=0, seed=3)
+def train(run_dir, batch_size, skeleton_recall=0.0):
+    config = TrainConfig(iterations=4, tile_shape=(60, 60), batch_size=batch_size, optimizer="sgd", learning_rate=0.05, momentum=0.9, validate_every=4, checkpoint_every=4, workers=0, seed=3, skeleton_recall=skeleton_recall)
     data = items()
     trainer = Trainer(model_config=MODEL, train_config=config, augment_config=None, train_images=data[:2], val_images=data[2:], run_dir=run_dir, progress=False)
     trainer.fit()
     return trainer.model
 
 
-def worker(rank, world, port, run_dir, out_dir):
+def worker(rank, world, port, run_dir, out_dir, skeleton_recall):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = train(run_dir, batch_size=1)
+        model = train(run_dir, batch_size=1, skeleton_recall=skeleton_recall)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / f"rank{rank}.safetensors"))
     finally:
         torch.distributed.destroy_process_group()
@@ -56,9 +56,10 @@ def free_port():
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process_with_double_batch(tmp_path):
-    mp.spawn(worker, args=(2, free_port(), tmp_path / "ddp", tmp_path), nprocs=2, join=True)
-    train(tmp_path / "single", batch_size=2)
+@pytest.mark.parametrize("skeleton_recall", [0.0, 1.0])  # its recall pools over the ranks
+def test_two_ranks_match_one_process_with_double_batch(tmp_path, skeleton_recall):
+    mp.spawn(worker, args=(2, free_port(), tmp_path / "ddp", tmp_path, skeleton_recall), nprocs=2, join=True)
+    train(tmp_path / "single", batch_size=2, skeleton_recall=skeleton_recall)
     ddp = load_checkpoint(tmp_path / "ddp" / "checkpoint.safetensors")
     single = load_checkpoint(tmp_path / "single" / "checkpoint.safetensors")
     assert len(ddp.torch_rng_states) == 2 and ddp.step == 4

@@ -280,27 +280,37 @@ def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_pat
     assert seen and all(entry == (3, {"boundary_class": True}) for entry in seen)
 
 
-
 def test_skeleton_recall_joins_the_loss_only_when_weighted(tmp_path, rng, monkeypatch):
     import biounet.training.trainer as trainer_module
 
     calls = []
     original = trainer_module.skeleton_recall
-    monkeypatch.setattr(trainer_module, "skeleton_recall", lambda scores, skeletons: calls.append((scores.shape, skeletons)) or original(scores, skeletons))
+
+    def spy(scores, skeletons, **options):
+        calls.append((scores.shape, skeletons, options))
+        calls[-1] += (original(scores, skeletons, **options),)
+        return calls[-1][-1]
+
+    monkeypatch.setattr(trainer_module, "skeleton_recall", spy)
     items = synthetic_items(rng)
-    make_trainer(tmp_path / "off", items, 5, augment=None).fit()
+    off = make_trainer(tmp_path / "off", items, 1, augment=None, validate_every=1)
+    off.fit()
     assert calls == []
-    make_trainer(tmp_path / "on", items, 5, augment=None, skeleton_recall=2.0).fit()
-    assert len(calls) == 5
-    shape, skeletons = calls[0]
-    assert shape == skeletons.shape and shape[:2] == (2, 2)
-    assert skeletons[:, 1].sum() > 0  # the squares have skeletons
-    off, on = (float(read_metrics(tmp_path / name / "metrics.csv")[0]["loss"]) for name in ("off", "on"))
-    # same tiles, same start: the weighted term (0 to 2 per step) raises the logged loss
-    assert on > off + 0.1
+    on = make_trainer(tmp_path / "on", items, 1, augment=None, validate_every=1, skeleton_recall=2.0)
+    on.fit()
+    assert len(calls) == 1
+    shape, skeletons, options, term = calls[0]
+    assert shape == skeletons.shape and shape[:2] == (2, 2) and options == {"across_ranks": False}
+    assert skeletons[:, 1].sum() > 0 and term.requires_grad  # the squares have skeletons
+    # same tiles, same start: the logged loss is cross-entropy + 2 x the term
+    loss_off, loss_on = (float(read_metrics(tmp_path / name / "metrics.csv")[0]["loss"]) for name in ("off", "on"))
+    assert loss_on == pytest.approx(loss_off + 2.0 * term.item(), rel=1e-5)
+    # and its gradient moved the weights (a detached term would leave them bit-equal)
+    off_state, on_state = off.model.state_dict(), on.model.state_dict()
+    assert any(not torch.equal(off_state[key], on_state[key]) for key in off_state)
 
 
-@pytest.mark.parametrize(("value", "error"), [(-0.5, ValueError), ("1", TypeError)])
+@pytest.mark.parametrize(("value", "error"), [(-0.5, ValueError), ("1", TypeError), (float("nan"), ValueError), (float("inf"), ValueError)])
 def test_skeleton_recall_weight_is_checked(value, error):
-    with pytest.raises(error, match="skeleton_recall"):
+    with pytest.raises(error, match="skeleton_recall must be"):
         TrainConfig(skeleton_recall=value)

@@ -10,7 +10,8 @@ For every IMAGE (TIFF, multi-page TIFF stack, PNG) writes into --out:
                            pages of a stack are segmented one by one, ids unique
   <name>_closed.tif        float32 foreground probability with its membrane gaps closed,
                            with --close-boundaries: 0 on the one-pixel lines where a
-                           watershed from the interiors above 0.5 meets, slice by slice
+                           watershed from the interiors above 0.5 (regions of at least
+                           16 px) meets, slice by slice; two-class networks only
                            (biounet.boundaries; what evaluate --close-boundaries scores)
 Files are written to a temporary name and renamed into place when complete.
 --tta averages the probabilities over the 8 flips/rotations of a 2-D image (the 8
@@ -105,8 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace existing outputs; without --instances also remove an earlier "
-        "<name>_instances.tif, which evaluate would otherwise score",
+        help="replace existing outputs; without --instances (--close-boundaries) also remove "
+        "an earlier <name>_instances.tif (_closed.tif), which would pass for this model's",
     )
     parser.add_argument(
         "--close-boundaries",
@@ -197,10 +198,11 @@ def run(args: argparse.Namespace) -> int:
         for path in paths:
             predict_zarr.check_fits_in_memory(path, config)
         postprocess_config(args, boundary_class=config.boundary_class)
-        if args.close_boundaries and config.boundary_class:
+        if args.close_boundaries and (config.n_classes != 2 or config.boundary_class):
+            kind = "a boundary class" if config.boundary_class else f"{config.n_classes} classes"
             raise ValueError(
-                f"--close-boundaries closes the membranes of a two-class cell/membrane map; "
-                f"--model {model_path} has a boundary class (its instances: --instances)"
+                f"--close-boundaries closes the membranes of a two-class cell/membrane "
+                f"network; --model {model_path} has {kind} (for its objects use --instances)"
             )
 
     try:

@@ -17,15 +17,18 @@ def targets(out: Path, path: Path, args: argparse.Namespace) -> dict[str, Path]:
     return {name: out / f"{path.stem}_{name}.tif" for name in names}
 
 
-def _remove_stale_instances(out: Path, path: Path, args: argparse.Namespace) -> None:
-    """With --overwrite but without --instances, drop an earlier run's <name>_instances.tif:
-    beside the new probability map `biounet evaluate` would score it as this model's."""
+def _remove_stale_outputs(out: Path, path: Path, args: argparse.Namespace) -> None:
+    """With --overwrite, drop an earlier run's <name>_instances.tif (<name>_closed.tif)
+    that this run does not write: beside the new probability map `biounet evaluate`
+    would score those instances as this model's, and the closed map would pass for its."""
     import logging
 
-    stale = out / f"{path.stem}_instances.tif"
-    if args.overwrite and not args.instances and stale.is_file():
-        stale.unlink()
-        logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
+    optional = {"instances": args.instances, "closed": args.close_boundaries}
+    for kind, is_written in optional.items():
+        stale = out / f"{path.stem}_{kind}.tif"
+        if args.overwrite and not is_written and stale.is_file():
+            stale.unlink()
+            logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
 
 
 def _instances(probabilities: np.ndarray, config, postprocess) -> np.ndarray:
@@ -75,20 +78,20 @@ def predict_file(
             )
         )
     probabilities = np.stack(results, axis=1) if len(pages) > 1 else results[0]
-    foreground = 1.0 - probabilities[0]
+    foreground = (1.0 - probabilities[0]).astype(np.float32)
     # class ids above 255 need 16 bits (UNetConfig allows up to 1024 classes)
     mask_dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
     mask = np.argmax(probabilities, axis=0).astype(mask_dtype)
     files = targets(out, path, args)
-    write_tiff(files["probability"], foreground.astype(np.float32))
+    write_tiff(files["probability"], foreground)
     write_tiff(files["mask"], mask)
     if args.save_probabilities:
         write_tiff(files["probabilities"], probabilities)
-    _remove_stale_instances(out, path, args)
+    _remove_stale_outputs(out, path, args)
     if args.instances:
         write_tiff(files["instances"], _instances(probabilities, config, postprocess))
     if args.close_boundaries:
-        write_tiff(files["closed"], _closed(foreground.astype(np.float32)))
+        write_tiff(files["closed"], _closed(foreground))
 
 
 def _closed(foreground: np.ndarray) -> np.ndarray:

@@ -198,12 +198,12 @@ class Trainer:
                 network.train()
                 with torch.autocast("cpu", torch.bfloat16, enabled=low_precision):
                     logits = network(image)
-                loss = weighted_cross_entropy(logits.float(), target, weights)
+                logits = logits.float()
+                loss = weighted_cross_entropy(logits, target, weights)
                 if config.skeleton_recall > 0:
                     skeletons = target_skeletons(target, self.model_config.n_classes)
-                    loss = loss + config.skeleton_recall * skeleton_recall(
-                        logits.float(), skeletons
-                    )
+                    term = skeleton_recall(logits, skeletons, across_ranks=self.world > 1)
+                    loss = loss + config.skeleton_recall * term
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for group in optimizer.param_groups:
