@@ -1,4 +1,5 @@
-"""Training step with the full data pipeline (workers, weight maps, augmentation) vs bare.
+"""Training step with the full data pipeline (workers, weight maps, augmentation) vs bare,
+and with the skeleton recall term.
 
 Both run the `cpu` preset's network, tile and batch on the same tiles; the bare loop
 feeds tiles prepared beforehand, so the difference is what the pipeline costs the step.
@@ -29,7 +30,7 @@ def _items():
 
 def run() -> list[dict]:
     from biounet.data.dataset import TileDataset
-    from biounet.losses import weighted_cross_entropy
+    from biounet.losses import skeleton_recall, target_skeletons, weighted_cross_entropy
     from biounet.model.unet import UNet
     from biounet.training.trainer import build_optimizer
 
@@ -42,10 +43,13 @@ def run() -> list[dict]:
     model = UNet(config.model)
     optimizer = build_optimizer(model, train)
 
-    def step(image, target, weights, bfloat16=False):
+    def step(image, target, weights, bfloat16=False, skeleton=False):
         with torch.autocast("cpu", torch.bfloat16, enabled=bfloat16):  # TrainConfig.precision
             logits = model(image)
         loss = weighted_cross_entropy(logits.float(), target, weights)
+        if skeleton:  # TrainConfig.skeleton_recall, as the trainer adds it
+            skeletons = target_skeletons(target, config.model.n_classes)
+            loss = loss + 2.0 * skeleton_recall(logits.float(), skeletons)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -76,6 +80,10 @@ def run() -> list[dict]:
     for batch in batches[2:]:
         step(*batch, bfloat16=True)
     bare_bf16 = (time.perf_counter() - start) / N_STEPS
+    start = time.perf_counter()
+    for batch in batches[2:]:
+        step(*batch, skeleton=True)
+    bare_skeleton = (time.perf_counter() - start) / N_STEPS
     piped = piped_seconds(train.workers)
     # on 2 cores a worker process competes with the step's threads; preparing tiles
     # in the main process between steps uses both cores for each in turn
@@ -92,6 +100,8 @@ def run() -> list[dict]:
          "value": bare_bf16, "unit": "s/step"},
         {"benchmark": "cpu preset step, precision bfloat16", "metric": "speed-up vs float32",
          "value": bare / bare_bf16, "unit": "x"},
+        {"benchmark": "cpu preset step, skeleton_recall term", "metric": "overhead vs bare",
+         "value": bare_skeleton / bare - 1, "unit": "fraction"},
         {"benchmark": "cpu preset step", "metric": "with data pipeline", "value": piped,
          "unit": "s/step"},
         {"benchmark": f"cpu preset step, {train.workers} loader worker(s) (the preset)",
