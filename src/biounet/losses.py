@@ -56,7 +56,7 @@ class WeightedCrossEntropy(nn.Module):
 def target_skeletons(target: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Return the tubed skeleton of every class of every target: (B, K, *spatial) float32.
 
-    Kirchhoff et al. 2024 (Sec. 3) skeletonise the ground truth, dilate the skeleton into
+    Kirchhoff et al. 2024 (ECCV) skeletonise the ground truth, dilate the skeleton into
     a tube two pixels wide on each side and keep it inside the structure. Here each class
     is skeletonised on its own (`skimage.morphology.skeletonize`), dilated twice over the
     face neighbours and kept inside the class, so the background class gets a tube too:
@@ -111,7 +111,7 @@ def skeleton_recall(
 ) -> torch.Tensor:
     """Return 1 - the mean over classes of the soft recall of each class on its skeleton.
 
-    The skeleton recall loss of Kirchhoff et al. 2024 (ECCV, Sec. 3): for class k the
+    The skeleton recall loss of Kirchhoff et al. 2024 (ECCV): for class k the
     recall is sum_x p_k(x) S_k(x) / sum_x S_k(x), pooled over the batch, with p the
     soft-max of `scores` and S_k the tube from `target_skeletons`. A gap in a membrane
     costs in proportion to its length along the skeleton, however thin it is, so the
