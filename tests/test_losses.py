@@ -133,9 +133,15 @@ def test_a_membrane_gap_costs_its_length_and_the_gradient_closes_it():
     scores = torch.where(target == 0, 5.0, -5.0)[:, None].repeat(1, 2, 1, 1)
     scores[:, 1] *= -1  # confident and right everywhere
     perfect = skeleton_recall(scores, skeletons).item()
-    gapped = scores.clone()
-    gapped[:, :, 9:14, 3:7] = gapped[:, :, 9:14, 3:7].flip(1)  # membrane predicted as cell
-    gapped.requires_grad_(True)
+
+    def with_gap(columns):
+        gapped = scores.clone()
+        gapped[:, :, 9:14, 3 : 3 + columns] = gapped[:, :, 9:14, 3 : 3 + columns].flip(1)
+        return gapped  # the membrane predicted as cell over `columns` pixels of its length
+
+    assert (skeleton_recall(with_gap(8), skeletons).item() - perfect) == pytest.approx(
+        2 * (skeleton_recall(with_gap(4), skeletons).item() - perfect), rel=1e-3)
+    gapped = with_gap(4).requires_grad_(True)
     loss = skeleton_recall(gapped, skeletons)
     loss.backward()
     assert perfect < 1e-3 and loss.item() > perfect + 0.01
