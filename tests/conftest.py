@@ -32,3 +32,11 @@ def tiny_unet() -> UNet:
     """A depth-3, 4-channel U-Net with fixed weights: milliseconds per tile."""
     torch.manual_seed(0)
     return UNet(UNetConfig(depth=3, base_channels=4)).eval()
+
+
+@pytest.fixture
+def model_file(tiny_unet, tmp_path):
+    """`tiny_unet` saved as a weight file, the --model most CLI tests pass."""
+    from biounet.weightfile import save_model
+
+    return save_model(tiny_unet, tmp_path / "model.safetensors")

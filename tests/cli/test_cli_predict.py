@@ -13,11 +13,6 @@ from biounet.inference.predict import predict_tiled
 from biounet.weightfile import save_model
 
 
-@pytest.fixture
-def model_file(tiny_unet, tmp_path):
-    return save_model(tiny_unet, tmp_path / "model.safetensors")
-
-
 def test_predict_png_and_stack(tiny_unet, model_file, tmp_path, rng):
     grey = rng.integers(0, 255, (70, 90), dtype=np.uint8)
     Image.fromarray(grey).save(tmp_path / "cells.png")

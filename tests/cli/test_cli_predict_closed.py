@@ -10,11 +10,6 @@ from biounet.cli import main
 from biounet.weightfile import save_model
 
 
-@pytest.fixture
-def model_file(tiny_unet, tmp_path):
-    return save_model(tiny_unet, tmp_path / "model.safetensors")
-
-
 def membranes(rng, shape):
     """Bright cells with dark grid membranes, one of them broken: something to close."""
     image = rng.normal(180, 10, shape)

@@ -8,12 +8,6 @@ from biounet.cli import main
 from biounet.data.normalize import normalize_percentile
 from biounet.inference.predict import predict_tiled
 from biounet.inference.tta import symmetries
-from biounet.weightfile import save_model
-
-
-@pytest.fixture
-def model_file(tiny_unet, tmp_path):
-    return save_model(tiny_unet, tmp_path / "model.safetensors")
 
 
 @pytest.fixture

@@ -13,15 +13,9 @@ from biounet.cli import main
 from biounet.data.normalize import normalize_percentile
 from biounet.inference import predict as predict_module
 from biounet.inference.predict import predict_tiled
-from biounet.weightfile import save_model
 
 TILE = ["--tile-shape", "124", "124"]  # depth 3: 36 x 36 output, tile step 32
 BLOCKS = ["--block-shape", "64", "64"]  # 150 x 170 -> 3 x 3 blocks
-
-
-@pytest.fixture
-def model_file(tiny_unet, tmp_path):
-    return save_model(tiny_unet, tmp_path / "model.safetensors")
 
 
 @pytest.fixture
