@@ -69,7 +69,34 @@ def test_skeleton_recall_flag_reaches_the_run_config(tmp_path, rng, tiny_config,
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["skeleton_recall"] == 0.5
     assert main([*args, "--out", str(tmp_path / "bad"), "--skeleton-recall", "-1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "skeleton_recall must be >= 0.0, got -1.0" in err
+    assert err.splitlines() == ["biounet train: error: --skeleton-recall: skeleton_recall must be >= 0.0, got -1.0"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--batch-size", "0", "--batch-size: batch_size must be >= 1, got 0"),
+        ("--iterations", "-3", "--iterations: iterations must be >= 1, got -3"),
+        ("--learning-rate", "nan", "--learning-rate: learning_rate must be a finite number, got nan"),
+        ("--spacing", "0", "--spacing: spacing must be > 0 on every axis, got [0.0]"),
+    ],
+)
+def test_a_bad_override_names_its_flag(tmp_path, rng, tiny_config, capsys, flag, value, message):
+    data = write_pairs(tmp_path / "data", rng, count=2)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet", "--config", str(tiny_config)]
+    assert main([*args, flag, value]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"biounet train: error: {message}"]
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_spacing_flag_reaches_the_run_config(tmp_path, rng, tiny_config, capsys):
+    data = write_pairs(tmp_path / "data", rng)
+    args = ["train", "--data", str(data), "--quiet", "--config", str(tiny_config)]
+    assert main([*args, "--out", str(tmp_path / "run"), "--iterations", "2", "--spacing", "1", "2"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["spacing"] == [1.0, 2.0]
+    assert main([*args, "--out", str(tmp_path / "bad"), "--spacing", "8", "1", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["biounet train: error: train.spacing must have one size per axis of the 2-D network, got [8.0, 1.0, 1.0]"]
 
 
 def make_no_foreground(folder, rng):

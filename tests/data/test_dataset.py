@@ -87,6 +87,35 @@ def test_3d_tiles_of_an_anisotropic_network(rng):
                     augment_config=AugmentConfig())
 
 
+@pytest.mark.parametrize("boundary_class", [False, True])
+def test_spacing_measures_the_border_term_across_sections(boundary_class):
+    # Two cells filling planes 0-2 and 4-6, with plane 3 between them: d1 = d2 = one section.
+    labels = np.zeros((7, 6, 6), np.int32)
+    labels[:3], labels[4:] = 1, 2
+    image = labels.astype(np.float32)[None]
+    model = UNetConfig(ndim=3, depth=1, base_channels=2, n_classes=3 if boundary_class else 2,
+                       boundary_class=boundary_class, pool_z=(False,))
+    gap = {}
+    for spacing in (None, (4.0, 1.0, 1.0)):
+        config = TrainConfig(class_weights=None, sigma_px=5.0, spacing=spacing)
+        item = make_training_image("v", image, labels, model_config=model, train_config=config)
+        gap[spacing] = item.weights[3]
+    section = 4.0
+    np.testing.assert_allclose(gap[None], 1 + 10 * np.exp(-(2 * 1.0) ** 2 / 50), rtol=1e-6)
+    np.testing.assert_allclose(gap[(4.0, 1.0, 1.0)], 1 + 10 * np.exp(-(2 * section) ** 2 / 50), rtol=1e-6)
+
+
+def test_spacing_must_match_the_network():
+    with pytest.raises(ValueError, match=r"train.spacing must have one size per axis of the 2-D network, got \[8.0, 1.0, 1.0\]"):
+        make_training_image("a", np.zeros((1, 5, 5), np.float32), np.zeros((5, 5), np.int32),
+                            model_config=UNetConfig(), train_config=TrainConfig(spacing=(8.0, 1.0, 1.0)))
+    for bad, error in (([1, 1], TypeError), ((), TypeError), ((1.0, -2.0), ValueError),
+                       ((1.0, 0.0), ValueError), ((float("inf"), 1.0), ValueError), (("1", 1), TypeError)):
+        with pytest.raises(error, match="spacing must"):
+            TrainConfig(spacing=bad)
+    assert TrainConfig.from_json(TrainConfig(spacing=(8.0, 1.0, 1.0)).to_json()).spacing == (8.0, 1.0, 1.0)
+
+
 def test_boundary_class_target_and_weights(rng):
     from biounet.weights import balanced_class_map, border_weight_map, boundary_classes
 

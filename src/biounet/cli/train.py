@@ -59,12 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add W x the skeleton recall loss (Kirchhoff et al. 2024), which stresses "
         "the connectivity of thin structures such as membranes (default 0: off)",
     )
+    train.add_argument(
+        "--spacing",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="pixel (voxel) size per axis in units of the in-plane pixel, for the border "
+        "term of the weight map, e.g. --spacing 8 1 1 for 40 nm sections of 5 nm pixels",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from biounet.data.io import check_output_path
     from biounet.training.distributed import init_from_environment
-    from biounet.training.presets import preset, replace_train
+    from biounet.training.presets import preset
     from biounet.training.trainer import CHECKPOINT
 
     if args.nproc < 1:
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         config = preset(args.preset)
         if args.config:
             config = config.updated(read_json_object(Path(args.config), "--config"))
-    config = replace_train(
+    config = _with_flag_overrides(
         config,
         iterations=args.iterations,
         tile_shape=tuple(args.tile_shape) if args.tile_shape else None,
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         validation_metric=args.validation_metric,
         precision=args.precision,
         skeleton_recall=args.skeleton_recall,
+        spacing=tuple(args.spacing) if args.spacing else None,
     )
     _check_tile_shape(config)
     if config.model.boundary_class and args.label_kind == "semantic":
@@ -124,6 +133,21 @@ def run(args: argparse.Namespace) -> int:
     best = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
     print(f"{state} at iteration {result.step}; best validation score {best}; run folder {out}")
     return 130 if result.interrupted else 0
+
+
+def _with_flag_overrides(config, **flags):
+    """Apply the TrainConfig flags one by one, so an error names the flag that caused it."""
+    from biounet.training.presets import replace_train
+
+    for field, value in flags.items():
+        if value is None:
+            continue
+        try:
+            config = replace_train(config, **{field: value})
+        except (TypeError, ValueError) as error:
+            flag = "--" + field.replace("_", "-")
+            raise type(error)(f"{flag}: {error}") from None
+    return config
 
 
 def _launch_torchrun(nproc: int) -> int:

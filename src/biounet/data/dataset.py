@@ -88,6 +88,12 @@ def make_training_image(
             f"training image {name}{f' ({source})' if source else ''} contains NaN or "
             "infinite pixels; replace them (e.g. by the image's median) before training"
         )
+    spacing = train_config.spacing
+    if spacing is not None and len(spacing) != labels.ndim:
+        raise ValueError(
+            f"train.spacing must have one size per axis of the {model_config.ndim}-D "
+            f"network, got {list(spacing)}"
+        )
     if model_config.boundary_class:
         target, weights = _boundary_target_and_weights(labels, train_config)
     else:
@@ -122,6 +128,7 @@ def _target_and_weights(
         w0=train_config.w0,
         sigma=train_config.sigma_px,
         class_weights=train_config.class_weights,
+        spacing=train_config.spacing or 1.0,
     )
     return target, weights
 
@@ -137,8 +144,10 @@ def _boundary_target_and_weights(
         weights = balanced_class_map(target)
     else:
         weights = np.ones(labels.shape, dtype=np.float32)
-    weights = weights + border_weight_map(labels, w0=train_config.w0, sigma=train_config.sigma_px)
-    return target, weights
+    border = border_weight_map(
+        labels, w0=train_config.w0, sigma=train_config.sigma_px, spacing=train_config.spacing or 1.0
+    )
+    return target, weights + border
 
 
 class TileDataset(torch.utils.data.Dataset):
