@@ -218,3 +218,30 @@ def test_a_boundary_class_package_names_its_classes_and_keeps_the_flag(tmp_path)
     channel = next(axis for axis in rdf["outputs"][0]["axes"] if axis.get("type") == "channel")
     assert channel["channel_names"] == ["background", "interior", "boundary"]
     assert load_bioimageio_package(path).config.boundary_class
+
+
+def test_an_anisotropic_package_states_z_sizes_and_halo_and_tiles_exactly(tmp_path, rng):
+    from bioimageio.spec import load_description
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(ndim=3, depth=2, base_channels=2, pool_z=(False, True))).eval()
+    path = tmp_path / "aniso.zip"
+    with no_network():
+        export_bioimageio(model, path, info=PackageInfo(name="anisotropic U-Net"), onnx_exporter="legacy")
+        description = load_description(path, perform_io_checks=True)
+    assert description.validation_summary.status == "valid-format", description.validation_summary.format()
+    rdf = yaml.safe_load(read_member(path, "rdf.yaml"))
+    sizes = [axis["size"] for axis in rdf["inputs"][0]["axes"][2:]]
+    assert sizes == [{"min": 26, "step": 2}, {"min": 44, "step": 4}, {"min": 44, "step": 4}]
+    assert [axis["halo"] for axis in rdf["outputs"][0]["axes"][2:]] == [12, 20, 20]
+    assert rdf["config"]["biounet"]["halo"] == [12, 20, 20]
+    readme = read_member(path, "README.md").decode()
+    assert "(26 + 2 n, 44 + 4 n, 44 + 4 n)" in readme and "12, 20, 20 px (z, y, x) per side" in readme
+    assert np.load(io.BytesIO(read_member(path, "test_input.npy"))).shape == (1, 1, 32, 56, 56)
+    # A consumer pads by each axis's halo, runs the ONNX weights and crops the halo.
+    image = rng.random((6, 8, 12), dtype=np.float32)  # padded: 30, 48, 52, all valid
+    padded = np.pad(image, [(12, 12), (20, 20), (20, 20)], mode="reflect")[None, None]
+    session = ort.InferenceSession(read_member(path, "weights.onnx"))
+    consumer = session.run(None, {"image": padded})[0][0, :, 12:-12, 20:-20, 20:-20]
+    np.testing.assert_allclose(consumer, predict_tiled(model, image), rtol=0, atol=1e-4)
+    assert load_bioimageio_package(path).config == model.config

@@ -118,6 +118,21 @@ def test_three_d_and_variants_export(tmp_path, rng):
     np.testing.assert_allclose(run_onnx(path, batch), expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+def test_an_anisotropic_network_states_its_z_geometry(exporter, tmp_path, rng):
+    model = make_unet(ndim=3, depth=2 if exporter == "legacy" else 1, base_channels=2,
+                      pool_z=(False, True) if exporter == "legacy" else (False,))
+    path = export_onnx(model, tmp_path / "aniso.onnx", exporter=exporter)
+    shape = (28, 48, 52) if exporter == "legacy" else (14, 18, 20)  # untraced sizes
+    batch = rng.random((1, 1, *shape), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(run_onnx(path, batch), expected, rtol=0, atol=1e-4)
+    metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    expected_metadata = {"legacy": ("12,20,20", "26,44,44", "2,4,4"), "dynamo": ("6,8,8", "13,18,18", "1,2,2")}
+    assert (metadata["halo"], metadata["min_input_size"], metadata["input_size_step"]) == expected_metadata[exporter]
+
+
 class ShapeDependentUNet(UNet):
     def forward(self, image):
         result = super().forward(image)

@@ -128,8 +128,16 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert torch.jit.load(str(target)) is not None
 
 
-def test_anisotropic_networks_are_refused_until_the_formats_describe_them(tmp_path):
+def test_an_anisotropic_network_exports_with_its_own_z_sizes(tmp_path, rng):
     model = make_unet(ndim=3, base_channels=2, pool_z=(False, True))
-    with pytest.raises(ValueError, match="pool_z \\(False, True\\).*cannot be exported yet"):
-        export_torchscript(model, tmp_path / "unet.pt")
-    assert not (tmp_path / "unet.pt").exists()
+    # Z pools once (step 2, minimum 26), Y and X twice (step 4, minimum 44).
+    assert trace_shape(model.config) == (30, 56, 60)
+    loaded = torch.jit.load(str(export_torchscript(model, tmp_path / "unet.pt")))
+    for shape in [(26, 44, 44), (28, 48, 52), (34, 44, 60)]:
+        batch = rng.random((2, 1, *shape), dtype=np.float32)
+        with torch.no_grad():
+            exported = loaded(torch.from_numpy(batch)).numpy()
+        np.testing.assert_allclose(exported, scores(model, batch), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"27 is not a valid input size of this network; nearest valid sizes are 26 and 28"):
+        export_torchscript(model, tmp_path / "bad.pt", tile_shape=(27, 44, 44))
+    assert not (tmp_path / "bad.pt").exists()

@@ -10,7 +10,8 @@ The packaged networks output softmax probabilities zero-padded back to the input
 size, and every output axis declares the U-Net's halo (92 px for the paper's
 network): a consumer pads each input tile by the halo (mirroring, as in Fig. 2 of
 Ronneberger et al. 2015), runs it and crops the halo from the output. Valid input
-sizes are `min + step * n` with min the smallest valid input and step = 2**depth.
+sizes are `min + step * n` with min the smallest valid input and step = 2**depth;
+an anisotropic network (`UNetConfig.pool_z`) states its own min, step and halo for Z.
 
 No `pytorch_state_dict` weights: bioimage.io reads those with `torch.load`, i.e.
 from a pickle, and needs biounet's source as the architecture; the safetensors
@@ -39,13 +40,19 @@ from biounet.config import UNetConfig
 from biounet.data.io import atomic_path, check_input_file, write_png, write_tiff
 from biounet.export.onnx import DEFAULT_OPSET, onnx_bytes, require
 from biounet.export.torchscript import (
-    check_exportable,
     check_inputs,
     check_tile_shape,
     frozen_copy,
     torchscript_bytes,
 )
-from biounet.geometry import halo, min_input_size, nearest_valid_sizes, output_size
+from biounet.geometry import (
+    config_halo,
+    config_output_shape,
+    config_size_step,
+    min_input_size,
+    nearest_valid_sizes,
+    pooling_per_axis,
+)
 from biounet.inference.predict import as_network_input
 
 WEIGHT_FILE = "biounet.safetensors"
@@ -115,32 +122,55 @@ class ProbabilityNetwork(nn.Module):
 
 
 def default_test_shape(config: UNetConfig) -> tuple[int, ...]:
-    """Return the test tile of a package: the smallest valid input with 4 steps of output.
+    """Return the test tile of a package: per axis the smallest valid input with 4 steps
+    of output.
 
     Example:
         >>> default_test_shape(UNetConfig())
         (252, 252)
+        >>> default_test_shape(UNetConfig(depth=2, ndim=3, pool_z=(False, True)))
+        (32, 56, 56)
     """
-    margin = halo(depth=config.depth, padding=config.padding)
-    size = nearest_valid_sizes(
-        2 * margin + 4 * 2**config.depth, depth=config.depth, padding=config.padding
-    )[1]
-    return (size,) * config.ndim
+    return tuple(
+        nearest_valid_sizes(2 * margin + 4 * step, **kwargs)[1]
+        for margin, step, kwargs in _axes(config)
+    )
 
 
-def smallest_package_size(config: UNetConfig) -> int:
-    """Return the smallest valid input size that keeps output pixels after the halo crop.
+def smallest_package_shape(config: UNetConfig) -> tuple[int, ...]:
+    """Return per axis the smallest valid input size that keeps output after the halo crop.
 
-    That is `min_input_size` for valid convolutions; "same"-padded networks take
+    That is the minimum valid input for valid convolutions; "same"-padded networks take
     smaller inputs, but a tile must be larger than its two halos.
 
     Example:
-        >>> smallest_package_size(UNetConfig()), smallest_package_size(UNetConfig(padding="same"))
-        (188, 192)
+        >>> smallest_package_shape(UNetConfig()), smallest_package_shape(UNetConfig(padding="same"))
+        ((188, 188), (192, 192))
+        >>> smallest_package_shape(UNetConfig(depth=2, ndim=3, pool_z=(False, True)))
+        (26, 44, 44)
     """
-    margin = halo(depth=config.depth, padding=config.padding)
-    smallest = max(min_input_size(depth=config.depth, padding=config.padding), 2 * margin + 1)
-    return nearest_valid_sizes(smallest, depth=config.depth, padding=config.padding)[1]
+    return tuple(
+        nearest_valid_sizes(max(min_input_size(**kwargs), 2 * margin + 1), **kwargs)[1]
+        for margin, _, kwargs in _axes(config)
+    )
+
+
+def _px(margins: Sequence[int]) -> str:
+    """'92 px', or '12, 20, 20 px (z, y, x)' for an anisotropic network."""
+    if len(set(margins)) == 1:
+        return f"{margins[0]} px"
+    names = ", ".join(["z", "y", "x"][3 - len(margins) :])
+    return f"{', '.join(map(str, margins))} px ({names})"
+
+
+def _axes(config: UNetConfig) -> list[tuple[int, int, dict]]:
+    """Per spatial axis: the halo, the size step and the geometry keywords of its pooling."""
+    return [
+        (margin, step, {"depth": config.depth, "padding": config.padding, "pooling": factors})
+        for margin, step, factors in zip(
+            config_halo(config), config_size_step(config), pooling_per_axis(config), strict=True
+        )
+    ]
 
 
 def export_bioimageio(
@@ -180,7 +210,6 @@ def export_bioimageio(
     info = info if info is not None else PackageInfo()
     _check_license(info.license)  # before the exports, which take seconds
     config: UNetConfig = model.config  # type: ignore[assignment]
-    check_exportable(config)
     test_input = make_test_input(
         config, test_image=test_image, tile_shape=tile_shape, normalization=info.normalization
     )
@@ -244,7 +273,8 @@ def make_test_input(
         image = as_network_input(test_image, config, name="test_image")
         if tile_shape is None:
             tile = tuple(
-                _fitting_size(config, size, limit) for size, limit in zip(image.shape[1:], tile)
+                _fitting_size(size, limit, kwargs)
+                for size, limit, (_, _, kwargs) in zip(image.shape[1:], tile, _axes(config))
             )
     spatial = image.shape[1:]
     if any(t > s for t, s in zip(tile, spatial)):
@@ -254,10 +284,10 @@ def make_test_input(
     return np.ascontiguousarray(image[(slice(None), *window)][None], dtype=np.float32)
 
 
-def _fitting_size(config: UNetConfig, size: int, limit: int) -> int:
-    below = nearest_valid_sizes(min(size, limit), depth=config.depth, padding=config.padding)[0]
+def _fitting_size(size: int, limit: int, kwargs: dict) -> int:
+    below = nearest_valid_sizes(min(size, limit), **kwargs)[0]
     if below is None:
-        smallest = min_input_size(depth=config.depth, padding=config.padding)
+        smallest = min_input_size(**kwargs)
         raise ValueError(
             f"test_image axis of {size} px is smaller than the smallest valid input {smallest}"
         )
@@ -313,9 +343,11 @@ def cover_image(
     Both are cropped to the region the network predicts (inside the halo) and, for
     3-D, cut at the middle Z slice; at least 256 px high (pixel repetition).
     """
-    size = test_input.shape[-1]
-    margin = (size - output_size(size, depth=config.depth, padding=config.padding)) // 2
-    inner = (slice(margin, -margin) if margin else slice(None),) * config.ndim
+    spatial = test_input.shape[1:]
+    inner = tuple(
+        slice((size - out) // 2, (size + out) // 2)
+        for size, out in zip(spatial, config_output_shape(config, spatial), strict=True)
+    )
     image = test_input[0][inner]
     foreground = 1.0 - probabilities[0][inner]
     if config.ndim == 3:
@@ -332,8 +364,12 @@ def _describe(config: UNetConfig, info: PackageInfo, files: dict[str, Path], *, 
     from bioimageio.spec.model import v0_5 as bio
 
     spatial = ["z", "y", "x"][3 - config.ndim :]
-    margin = halo(depth=config.depth, padding=config.padding)
-    size = bio.ParameterizedSize(min=smallest_package_size(config), step=2**config.depth)
+    axes = _axes(config)
+    sizes = [
+        bio.ParameterizedSize(min=smallest, step=step)
+        for smallest, (_, step, _) in zip(smallest_package_shape(config), axes)
+    ]
+    margins = [margin for margin, _, _ in axes]
     input_id, output_id = bio.TensorId("image"), bio.TensorId("probabilities")
     if config.boundary_class:  # consumers other than biounet read the classes from here
         class_names = ["background", "interior", "boundary"]
@@ -347,7 +383,10 @@ def _describe(config: UNetConfig, info: PackageInfo, files: dict[str, Path], *, 
         axes=[
             bio.BatchAxis(),
             bio.ChannelAxis(channel_names=[f"channel{c}" for c in range(config.in_channels)]),
-            *(bio.SpaceInputAxis(id=bio.AxisId(name), size=size) for name in spatial),
+            *(
+                bio.SpaceInputAxis(id=bio.AxisId(name), size=size)
+                for name, size in zip(spatial, sizes)
+            ),
         ],
         test_tensor=bio.FileDescr(source=files["test_input.npy"]),
         sample_tensor=bio.FileDescr(source=files["sample_input.tif"]),
@@ -356,7 +395,7 @@ def _describe(config: UNetConfig, info: PackageInfo, files: dict[str, Path], *, 
     )
     probabilities = bio.OutputTensorDescr(
         id=output_id,
-        description=f"softmax class probabilities; crop the halo of {margin} px per side",
+        description=f"softmax class probabilities; crop the halo ({_px(margins)}) per side",
         axes=[
             bio.BatchAxis(),
             bio.ChannelAxis(channel_names=class_names),
@@ -366,7 +405,7 @@ def _describe(config: UNetConfig, info: PackageInfo, files: dict[str, Path], *, 
                     halo=margin,
                     size=bio.SizeReference(tensor_id=input_id, axis_id=bio.AxisId(name)),
                 )
-                for name in spatial
+                for name, margin in zip(spatial, margins)
             ),
         ],
         test_tensor=bio.FileDescr(source=files["test_output.npy"]),
@@ -406,7 +445,7 @@ def _describe(config: UNetConfig, info: PackageInfo, files: dict[str, Path], *, 
             biounet={
                 "weights": WEIGHT_FILE,
                 "unet_config": config.to_dict(),
-                "halo": margin,
+                "halo": margins[0] if len(set(margins)) == 1 else margins,
                 "normalization": info.normalization,
             },
         ),
@@ -424,16 +463,23 @@ def _preprocessing(bio, normalization: str, spatial: list[str]) -> list:
 
 
 def _readme(config: UNetConfig, info: PackageInfo) -> str:
-    margin = halo(depth=config.depth, padding=config.padding)
-    smallest = smallest_package_size(config)
-    step = 2**config.depth
+    axes = _axes(config)
+    margin = _px([halo for halo, _, _ in axes])
+    sizes = ", ".join(
+        f"{smallest} + {step} n"
+        for smallest, (_, step, _) in zip(smallest_package_shape(config), axes)
+    )
+    if len(set(sizes.split(", "))) == 1:
+        sizes = sizes.split(", ")[0]
+    else:
+        sizes = f"({sizes})"
     if config.padding == "valid":
         border = (
-            f"The outer {margin} px per side (the halo) are zero: the network predicts only "
+            f"The outer {margin} per side (the halo) are zero: the network predicts only "
             "pixels with their full context, so tiled results equal a whole-image prediction."
         )
     else:
-        border = f"The outer {margin} px per side (the halo) are affected by zero padding."
+        border = f"The outer {margin} per side (the halo) are affected by zero padding."
     return f"""# {info.name}
 
 {info.description}
@@ -445,10 +491,10 @@ depth {config.depth}, {config.base_channels} base channels, {config.padding} con
 ## Inputs and outputs
 
 - Input `image`: float32 (batch, channel, {", ".join(["z", "y", "x"][3 - config.ndim :])}),
-  normalised ({info.normalization}). Valid sizes per spatial axis: {smallest} + {step} n.
+  normalised ({info.normalization}). Valid sizes per spatial axis: {sizes}.
 - Output `probabilities`: softmax over classes, same size as the input. {border}
-  For large images, tile with overlap: pad every input tile by {margin} px per side
-  (mirroring the image at its borders) and crop {margin} px per side from each output.
+  For large images, tile with overlap: pad every input tile by {margin} per side
+  (mirroring the image at its borders) and crop {margin} per side from each output.
 
 ## Weights
 

@@ -4,8 +4,10 @@ The ONNX file maps float32 "image" (B, C, *spatial) to "scores" (B, n_classes,
 *output_shape), like `UNet.forward`; batch and spatial axes are dynamic. Valid
 spatial sizes are `min_input_size + 2**depth * n` (e.g. 188 + 16n for the paper's
 network, whose output is 92 px smaller on every side); other sizes fail or give
-misaligned outputs. The architecture and these numbers are stored in the file's
-metadata (`biounet_config`, `halo`, `min_input_size`, `input_size_step`).
+misaligned outputs. An anisotropic network (`UNetConfig.pool_z`) has its own minimum,
+step and halo along Z. The architecture and these numbers are stored in the file's
+metadata (`biounet_config`, `halo`, `min_input_size`, `input_size_step`): one number
+when every axis has the same, else one per spatial axis, comma-separated (Z, Y, X).
 
 Two exporters: "dynamo" (torch.export, PyTorch's supported exporter: 10-30 s because
 it reasons about the symbolic input sizes) and "legacy" (the TorchScript-based
@@ -33,7 +35,7 @@ from torch import nn
 from biounet.config import UNetConfig
 from biounet.data.io import atomic_path, check_input_file
 from biounet.export.torchscript import check_inputs, compare_with_pytorch, frozen_copy
-from biounet.geometry import halo, min_input_size
+from biounet.geometry import config_halo, config_min_input_shape, config_size_step
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +70,11 @@ def _export_dynamo(
     require("onnxscript", "the dynamo ONNX exporter")
     from torch.export import Dim
 
-    smallest = min_input_size(depth=config.depth, padding=config.padding)
-    step = 2**config.depth
     # Spatial sizes as min + step * n tell torch.export which sizes are valid, so the
     # shape arithmetic of every level stays symbolic instead of being frozen.
     shapes = {0: Dim("batch", min=1)}
-    for axis, name in enumerate(_spatial_axes(config)):
+    per_axis = zip(config_min_input_shape(config), config_size_step(config), strict=True)
+    for axis, (name, (smallest, step)) in enumerate(zip(_spatial_axes(config), per_axis)):
         shapes[axis + 2] = step * Dim(f"n_{name}", min=0) + smallest
     for module in network.modules():
         if hasattr(module, "_check_input"):
@@ -204,10 +205,15 @@ def _metadata(config: UNetConfig, output_name: str) -> dict[str, str]:
     return {
         "biounet_config": config.to_json(),
         "biounet_output": output_name,
-        "halo": str(halo(depth=config.depth, padding=config.padding)),
-        "min_input_size": str(min_input_size(depth=config.depth, padding=config.padding)),
-        "input_size_step": str(2**config.depth),
+        "halo": _per_axis_text(config_halo(config)),
+        "min_input_size": _per_axis_text(config_min_input_shape(config)),
+        "input_size_step": _per_axis_text(config_size_step(config)),
     }
+
+
+def _per_axis_text(values: tuple[int, ...]) -> str:
+    # One number for isotropic networks, as files of earlier versions hold.
+    return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
 
 
 def export_onnx(

@@ -27,7 +27,13 @@ from torch import nn
 
 from biounet.config import UNetConfig
 from biounet.data.io import atomic_path
-from biounet.geometry import is_valid_input_size, min_input_size, nearest_valid_sizes
+from biounet.geometry import (
+    config_min_input_shape,
+    config_size_step,
+    is_valid_input_size,
+    nearest_valid_sizes,
+    pooling_per_axis,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,35 +42,30 @@ _CHECK_SEED = 0
 
 
 def trace_shape(config: UNetConfig) -> tuple[int, ...]:
-    """Return the spatial shape an export is traced on: `min + step * n` with n = 2, 3, ...
+    """Return the spatial shape an export is traced on: `min + step * n` per axis.
 
-    n >= 2 and distinct per axis, because torch.export specialises an axis whose
-    example size is 0 or 1 steps, or equal to another axis, to a constant.
+    n >= 2 and the sizes distinct, because torch.export specialises an axis whose
+    example size is 0 or 1 steps, or equal to another axis, to a constant. Min and
+    step are per axis (`config_min_input_shape`, `config_size_step`), so an
+    anisotropic network (`pool_z`) is traced on its own valid sizes.
 
     Example:
         >>> trace_shape(UNetConfig())
         (220, 236)
         >>> trace_shape(UNetConfig(depth=2, ndim=3))
         (52, 56, 60)
+        >>> trace_shape(UNetConfig(depth=2, ndim=3, pool_z=(False, True)))
+        (30, 56, 60)
     """
-    smallest = min_input_size(depth=config.depth, padding=config.padding)
-    step = 2**config.depth
-    return tuple(smallest + step * (2 + axis) for axis in range(config.ndim))
-
-
-def check_exportable(config: UNetConfig) -> None:
-    """Refuse networks whose geometry the export formats do not describe yet.
-
-    Raises:
-        ValueError: for an anisotropic 3-D network (`pool_z`): the exports state one
-            size step and minimum for all axes.
-    """
-    if config.pool_z is not None:
-        # TODO(#8): per-axis size steps in the ONNX dims and bioimage.io axes
-        raise ValueError(
-            f"networks with pool_z {config.pool_z} (anisotropic pooling) cannot be exported "
-            "yet; use the weight file with biounet predict"
-        )
+    shape: list[int] = []
+    for axis, (smallest, step) in enumerate(
+        zip(config_min_input_shape(config), config_size_step(config), strict=True)
+    ):
+        size = smallest + step * (2 + axis)
+        while size in shape:
+            size += step
+        shape.append(size)
+    return tuple(shape)
 
 
 def check_inputs(config: UNetConfig, tile_shape: Sequence[int] | None = None) -> list[np.ndarray]:
@@ -74,14 +75,14 @@ def check_inputs(config: UNetConfig, tile_shape: Sequence[int] | None = None) ->
     of `tile_shape`, or of one step less/more than the trace per axis) must agree too.
 
     Raises:
-        ValueError: if `tile_shape` is not a valid input shape of the network, or the
-            network cannot be exported (`check_exportable`).
+        ValueError: if `tile_shape` is not a valid input shape of the network.
     """
-    check_exportable(config)
     traced = trace_shape(config)
     if tile_shape is None:
-        step = 2**config.depth
-        other = tuple(size + step * (1 if axis % 2 else -1) for axis, size in enumerate(traced))
+        other = tuple(
+            size + step * (1 if axis % 2 else -1)
+            for axis, (size, step) in enumerate(zip(traced, config_size_step(config)))
+        )
     else:
         other = check_tile_shape(config, tile_shape)
     rng = np.random.default_rng(_CHECK_SEED)
@@ -102,9 +103,10 @@ def check_tile_shape(config: UNetConfig, tile_shape: Sequence[int]) -> tuple[int
         raise ValueError(
             f"tile_shape {shape} needs {config.ndim} sizes for this {config.ndim}-D network"
         )
-    for size in shape:
-        if not is_valid_input_size(size, depth=config.depth, padding=config.padding):
-            below, above = nearest_valid_sizes(size, depth=config.depth, padding=config.padding)
+    for size, factors in zip(shape, pooling_per_axis(config)):
+        kwargs = {"depth": config.depth, "padding": config.padding, "pooling": factors}
+        if not is_valid_input_size(size, **kwargs):
+            below, above = nearest_valid_sizes(size, **kwargs)
             nearest = f"{below} and {above}" if below is not None else f"{above} (the minimum)"
             raise ValueError(
                 f"tile_shape {shape}: {size} is not a valid input size of this network; "
@@ -201,7 +203,7 @@ def export_torchscript(
     """Write `model` as a traced TorchScript file that maps images to class scores.
 
     The file takes float32 (B, C, *spatial) with any batch size and any valid input
-    shape (`min_input_size + 2**depth * n` per axis) and returns (B, n_classes,
+    shape (`min + step * n` per axis, see `trace_shape`) and returns (B, n_classes,
     *output_shape) class scores, like `UNet.forward`; apply a softmax over axis 1 for
     probabilities. Load it with `torch.jit.load` (this runs code: trusted files only).
 
