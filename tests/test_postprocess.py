@@ -303,3 +303,54 @@ def test_interior_seeds_need_the_interior_map_and_vice_versa():
         instances_from_probabilities(np.ones((3, 8, 8), np.uint8), boundary_class=True)
     with pytest.raises(ValueError, match="probabilities must be \\(K, Y, X\\)"):
         instances_from_probabilities(np.ones(40, np.float32))
+
+
+def stacked_nuclei(sections_apart):
+    """Two balls of radius 10 px, sampled on sections 4 px thick, `sections_apart` in Z."""
+    z, y, x = np.mgrid[0:16, 0:32, 0:32].astype(float)
+    foreground = np.zeros(z.shape, np.float32)
+    for centre in (7.5 - sections_apart / 2, 7.5 + sections_apart / 2):
+        foreground[((z - centre) * 4) ** 2 + (y - 16) ** 2 + (x - 16) ** 2 <= 10**2] = 1
+    return foreground
+
+
+@pytest.mark.parametrize("sections_apart", [3, 4, 5])
+def test_spacing_splits_nuclei_stacked_in_z_that_voxel_distances_merge(sections_apart):
+    # In voxels the pair is a slab whose distance to the background peaks at the neck;
+    # in space each ball's centre lies 10 px deep and the neck less.
+    foreground = stacked_nuclei(sections_apart)
+    assert probabilities_to_labels(foreground).max() == 1
+    labels = probabilities_to_labels(foreground, config=PostprocessConfig(spacing=(4.0, 1.0, 1.0)))
+    assert labels.max() == 2
+    sizes = np.bincount(labels.ravel())[1:]
+    assert sizes[0] == sizes[1] and sizes.sum() == (foreground > 0).sum()
+    upper = labels[:8][foreground[:8] > 0]
+    assert len(np.unique(upper)) == 1  # the cut runs between the two balls
+
+
+def test_spacing_distances_equal_scipy_sampling(rng):
+    from biounet.postprocess import _distance_seeds
+
+    components = ndimage.label(ndimage.gaussian_filter(rng.random((10, 24, 24)), 2) > 0.5)[0]
+    config = PostprocessConfig(spacing=(3.0, 1.0, 0.5), distance_sigma_px=0.0)
+    distance, _ = _distance_seeds(components, config)
+    for label in range(1, components.max() + 1):
+        alone = np.pad(components == label, 1)
+        expected = ndimage.distance_transform_edt(alone, sampling=(3.0, 1.0, 0.5))[1:-1, 1:-1, 1:-1]
+        np.testing.assert_allclose(distance[components == label], expected[components == label])
+    assert PostprocessConfig(spacing=[1, 1]).spacing == (1.0, 1.0)
+    np.testing.assert_array_equal(
+        probabilities_to_labels(stacked_nuclei(4), config=PostprocessConfig(spacing=(1, 1, 1))),
+        probabilities_to_labels(stacked_nuclei(4)),
+    )
+
+
+@pytest.mark.parametrize("spacing", [(), (1.0, 0.0), (1.0, -2.0), (float("nan"), 1.0), (True, 1.0), "11", 2.0])
+def test_spacing_is_checked(spacing):
+    with pytest.raises(ValueError, match="spacing must be None or positive sizes, one per axis"):
+        PostprocessConfig(spacing=spacing)
+
+
+def test_spacing_must_match_the_map():
+    with pytest.raises(ValueError, match=r"spacing must have one size per axis of the 2-D foreground, got \[4.0, 1.0, 1.0\]"):
+        probabilities_to_labels(np.zeros((5, 5), np.float32), config=PostprocessConfig(spacing=(4, 1, 1)))

@@ -24,6 +24,7 @@ foreground, AP at IoU 0.5 is 0.96 with components only, 0.93 with probability se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,10 @@ class PostprocessConfig:
         interior_threshold: for "interior" seeds, the interior probability seeds must exceed.
         connectivity: neighbourhood of objects: 1 = faces only (4 in 2-D, 6 in 3-D), up to
             ndim = all neighbours (8 / 26). Holes use the complementary neighbourhood.
+        spacing: pixel (voxel) size per axis in the unit of the `_px` fields, for the
+            distance seeds of anisotropic volumes: with (4, 1, 1) a section counts as 4
+            in-plane pixels in the distance transform, its smoothing and the prominence.
+            None is 1 on every axis.
     """
 
     threshold: float = 0.5
@@ -70,6 +75,7 @@ class PostprocessConfig:
     seed_threshold: float = 0.9
     interior_threshold: float = 0.5
     connectivity: int = 1
+    spacing: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
@@ -99,6 +105,17 @@ class PostprocessConfig:
             )
         if self.connectivity not in (1, 2, 3):
             raise ValueError(f"connectivity must be 1, 2 or 3, got {self.connectivity}")
+        if self.spacing is not None:
+            spacing = tuple(self.spacing) if isinstance(self.spacing, (list, tuple)) else ()
+            if not spacing or not all(
+                isinstance(size, (int, float)) and not isinstance(size, bool)
+                and math.isfinite(size) and size > 0
+                for size in spacing
+            ):
+                raise ValueError(
+                    f"spacing must be None or positive sizes, one per axis, got {self.spacing!r}"
+                )
+            object.__setattr__(self, "spacing", tuple(float(size) for size in spacing))
 
 
 def probabilities_to_labels(
@@ -227,6 +244,11 @@ def check_foreground(
             f"{name} must be (Y, X) or (Z, Y, X), got shape {array.shape}; "
             f"select the foreground channel of (C, ...) probabilities first"
         )
+    if config.spacing is not None and len(config.spacing) != array.ndim:
+        raise ValueError(
+            f"spacing must have one size per axis of the {array.ndim}-D {name}, "
+            f"got {list(config.spacing)}"
+        )
     if config.connectivity > array.ndim:
         raise ValueError(
             f"config.connectivity must be <= {name}.ndim={array.ndim}, "
@@ -317,13 +339,15 @@ def _distance_seeds(
     # components, even diagonal ones, out of each other's distances and maxima.
     distance = np.zeros(components.shape)
     is_seed = np.zeros(components.shape, dtype=bool)
+    spacing = config.spacing or (1.0,) * components.ndim
     for label, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None:
             continue
         is_object = np.pad(components[box] == label, 1)
-        local = ndimage.distance_transform_edt(is_object)
+        local = ndimage.distance_transform_edt(is_object, sampling=spacing)
         if config.distance_sigma_px > 0:
-            local = ndimage.gaussian_filter(local, config.distance_sigma_px, mode="constant")
+            sigma = [config.distance_sigma_px / size for size in spacing]
+            local = ndimage.gaussian_filter(local, sigma, mode="constant")
         maxima = morphology.h_maxima(local, config.min_seed_prominence_px).astype(bool)
         inside = (slice(1, -1),) * local.ndim
         is_inside_object = is_object[inside]

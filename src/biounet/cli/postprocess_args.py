@@ -8,15 +8,16 @@ building the parser does not import scikit-image; the defaults named in the help
 from __future__ import annotations
 
 import argparse
+import math
 
-FLAGS = ("threshold", "min_size", "no_watershed", "seeds")
+FLAGS = ("threshold", "min_size", "no_watershed", "seeds", "spacing")
 SEEDS = ("distance", "probability", "interior")
 
 
 def add_postprocess_arguments(
     parser: argparse.ArgumentParser, *, used_by: str, with_interior: bool = True
 ) -> None:
-    """Add --threshold, --min-size, --no-watershed and --seeds; `used_by` says when.
+    """Add --threshold, --min-size, --no-watershed, --seeds and --spacing; `used_by` says when.
 
     `with_interior`: offer interior seeds (only a command with the model has them)."""
     group = parser.add_argument_group(f"post-processing ({used_by})")
@@ -55,6 +56,14 @@ def add_postprocess_arguments(
         choices=SEEDS if with_interior else SEEDS[:2],
         help=seeds_help,
     )
+    group.add_argument(
+        "--spacing",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="pixel (voxel) size per axis in units of the in-plane pixel, for the distance "
+        "seeds of anisotropic volumes, e.g. --spacing 8 1 1 (default: 1 on every axis)",
+    )
 
 
 def given_postprocess_flags(args: argparse.Namespace) -> list[str]:
@@ -91,6 +100,13 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool = False
             f"--seeds probability seeds where the probability exceeds "
             f"{defaults.seed_threshold}: --threshold must be below it, got {threshold}"
         )
+    spacing = None if args.spacing is None else tuple(args.spacing)
+    if spacing is not None and not all(math.isfinite(size) and size > 0 for size in spacing):
+        raise ValueError(f"--spacing must be positive sizes, one per axis, got {list(spacing)}")
     return PostprocessConfig(
-        threshold=threshold, min_size=min_size, watershed=not args.no_watershed, seeds=seeds
+        threshold=threshold,
+        min_size=min_size,
+        watershed=not args.no_watershed,
+        seeds=seeds,
+        spacing=spacing,
     )

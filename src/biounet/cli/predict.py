@@ -195,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
                 f"--tile-shape needs {config.ndim} values for this {config.ndim}-D "
                 f"model, got {args.tile_shape}"
             )
+        if args.spacing is not None and len(args.spacing) != config.ndim:
+            raise ValueError(
+                f"--spacing needs {config.ndim} values for this {config.ndim}-D model, "
+                f"got {args.spacing}"
+            )
         for path in paths:
             predict_zarr.check_fits_in_memory(path, config)
         postprocess_config(args, boundary_class=config.boundary_class)
