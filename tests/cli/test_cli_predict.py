@@ -277,3 +277,22 @@ def test_spacing_reaches_the_instances_of_a_volume(tmp_path, monkeypatch, capsys
     assert main([*common[:-1], "--out", str(tmp_path / "bad"), "--spacing", "4", "1", "1"]) == 2
     assert "--spacing: post-processing options of --instances; add --instances" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_outputs_state_the_pixel_size_of_their_input(model_file, tmp_path, rng):
+    from biounet.data.io import read_calibration
+
+    stack = rng.integers(0, 4000, (2, 40, 50), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "em.tif", stack, imagej=True, resolution=(250.0, 250.0),
+                     metadata={"unit": "micron", "spacing": 0.05})
+    tifffile.imwrite(tmp_path / "plain.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_file), str(tmp_path / "em.tif"), str(tmp_path / "plain.tif"),
+                 "--out", str(out), "--instances", "--save-probabilities", "--quiet"]) == 0
+    source = read_calibration(tmp_path / "em.tif")
+    assert source.unit == "micron" and source.spacing == 0.05
+    for kind in ("probability", "mask", "instances"):
+        assert read_calibration(out / f"em_{kind}.tif") == source, kind
+        assert tifffile.imread(out / f"em_{kind}.tif").shape == (2, 40, 50)
+        assert read_calibration(out / f"plain_{kind}.tif") is None
+    assert read_calibration(out / "em_probabilities.tif").resolution == (250.0, 250.0)

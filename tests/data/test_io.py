@@ -77,3 +77,43 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         with atomic_path(target, overwrite=False):
             pass
     assert target.read_bytes() == b"old"
+
+
+def test_calibration_of_an_imagej_stack_carries_over(tmp_path):
+    import tifffile
+
+    from biounet.data.io import Calibration, read_calibration, read_image, write_tiff
+
+    source = tmp_path / "em.tif"
+    tifffile.imwrite(source, np.zeros((3, 20, 30), np.uint16), imagej=True,
+                     resolution=(200.0, 200.0), metadata={"unit": "um", "spacing": 0.04})
+    calibration = read_calibration(source)
+    assert calibration == Calibration(resolution=(200.0, 200.0), resolution_unit=1, unit="um", spacing=0.04)
+    volume = np.arange(3 * 20 * 30, dtype=np.float32).reshape(3, 20, 30)
+    for array in (volume, volume[0].astype(np.uint8), volume.astype(np.uint16)):
+        out = write_tiff(tmp_path / f"out{array.ndim}{array.dtype}.tif", array, calibration=calibration)
+        assert read_calibration(out) == calibration
+        np.testing.assert_array_equal(read_image(out), array)
+        with tifffile.TiffFile(out) as handle:
+            assert handle.series[0].axes == "ZYX"[3 - array.ndim :]  # slices, not channels
+            assert handle.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+    # ImageJ cannot state (C, Z, Y, X) float maps or int32 labels: the tags still do
+    classes = write_tiff(tmp_path / "classes.tif", np.stack([volume, volume]), calibration=calibration)
+    assert read_calibration(classes) == Calibration(resolution=(200.0, 200.0), resolution_unit=1)
+    assert read_image(classes).shape == (2, 3, 20, 30)
+
+
+def test_calibration_is_none_without_one(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from biounet.data.io import Calibration, read_calibration
+
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((4, 5), np.uint8))
+    tifffile.imwrite(tmp_path / "cm.tif", np.zeros((4, 5), np.uint8), resolution=(2.5, 4.0), resolutionunit=3)
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    assert read_calibration(tmp_path / "plain.tif") is None
+    assert read_calibration(tmp_path / "a.png") is None
+    assert read_calibration(tmp_path / "broken.tif") is None
+    assert read_calibration(tmp_path / "cm.tif") == Calibration(resolution=(2.5, 4.0), resolution_unit=3)

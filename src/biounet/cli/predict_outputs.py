@@ -4,6 +4,7 @@ classes, instances and the closed map as TIFFs, each to a temporary name renamed
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def predict_file(
     models: list, path: Path, out: Path, args: argparse.Namespace, *, postprocess=None
 ) -> None:
     """Predict IMAGE `path` with the network, or the mean of several (`predict_ensemble`)."""
-    from biounet.data.io import read_image, write_tiff
+    from biounet.data.io import read_calibration, read_image, write_tiff
     from biounet.data.prepare import prepare_page, split_pages
     from biounet.inference.ensemble import predict_ensemble
 
@@ -83,15 +84,17 @@ def predict_file(
     mask_dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
     mask = np.argmax(probabilities, axis=0).astype(mask_dtype)
     files = targets(out, path, args)
-    write_tiff(files["probability"], foreground)
-    write_tiff(files["mask"], mask)
+    # Outputs state the input's pixel size, so a viewer measures them in its units.
+    write = functools.partial(write_tiff, calibration=read_calibration(path))
+    write(files["probability"], foreground)
+    write(files["mask"], mask)
     if args.save_probabilities:
-        write_tiff(files["probabilities"], probabilities)
+        write(files["probabilities"], probabilities)
     _remove_stale_outputs(out, path, args)
     if args.instances:
-        write_tiff(files["instances"], _instances(probabilities, config, postprocess))
+        write(files["instances"], _instances(probabilities, config, postprocess))
     if args.close_boundaries:
-        write_tiff(files["closed"], _closed(foreground))
+        write(files["closed"], _closed(foreground))
 
 
 def _closed(foreground: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ into place, so an interrupted run never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -302,13 +303,97 @@ def _current_umask() -> int:
     return mask
 
 
-def write_tiff(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:
-    """Write `array` to a (compressed) TIFF atomically and return the final path."""
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The pixel size a TIFF states, to carry over to the outputs computed from it.
+
+    Attributes:
+        resolution: pixels per unit along X and Y (the XResolution, YResolution tags).
+        resolution_unit: the ResolutionUnit tag (1 none, 2 inch, 3 centimetre).
+        unit: ImageJ's unit ("micron", "nm", ...), None without ImageJ metadata.
+        spacing: ImageJ's Z step in `unit`, None for single planes or without it.
+    """
+
+    resolution: tuple[float, float] | None = None
+    resolution_unit: int | None = None
+    unit: str | None = None
+    spacing: float | None = None
+
+
+def read_calibration(path: str | os.PathLike) -> Calibration | None:
+    """Return the pixel size stored in a TIFF's first page and ImageJ metadata, or None.
+
+    Files without any (PNG, or TIFFs written without resolution tags) give None; a
+    resolution tag of 0 or 1 pixel per unit, which writers use for "unknown", counts as
+    none. Never raises for a readable image: calibration is a courtesy, not input.
+    """
     import tifffile
 
+    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as handle:
+            page = handle.pages.first
+            tags = page.tags
+            resolution = None
+            if "XResolution" in tags and "YResolution" in tags:
+                x, y = (_rational(tags[name].value) for name in ("XResolution", "YResolution"))
+                if x > 0 and y > 0 and (x, y) != (1.0, 1.0):
+                    resolution = (x, y)
+            unit_tag = tags.get("ResolutionUnit")
+            imagej = handle.imagej_metadata or {}
+    except Exception:  # unreadable files fail, with their own message, when read as images
+        return None
+    unit = imagej.get("unit")
+    spacing = imagej.get("spacing")
+    calibration = Calibration(
+        resolution=resolution,
+        resolution_unit=int(unit_tag.value) if unit_tag is not None and resolution else None,
+        unit=str(unit) if unit else None,
+        spacing=float(spacing) if isinstance(spacing, (int, float)) and spacing > 0 else None,
+    )
+    return None if calibration == Calibration() else calibration
+
+
+def _rational(value) -> float:
+    numerator, denominator = value if isinstance(value, tuple) else (value, 1)
+    return float(numerator) / float(denominator) if denominator else 0.0
+
+
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+def write_tiff(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    overwrite: bool = True,
+    calibration: Calibration | None = None,
+) -> Path:
+    """Write `array` to a (compressed) TIFF atomically and return the final path.
+
+    With `calibration` (from `read_calibration` of the input) the output states the same
+    pixel size: resolution tags always, and ImageJ's unit and Z spacing for (Y, X) and
+    (Z, Y, X) arrays of the dtypes ImageJ reads, so Fiji measures outputs in the input's
+    units.
+    """
+    import tifffile
+
+    options: dict = {"compression": "zlib", "photometric": "minisblack"}
+    if calibration is not None:
+        if calibration.resolution is not None:
+            options["resolution"] = calibration.resolution
+            options["resolutionunit"] = calibration.resolution_unit or 1
+        metadata = {"unit": calibration.unit, "spacing": calibration.spacing}
+        metadata = {key: value for key, value in metadata.items() if value is not None}
+        if metadata and array.ndim in (2, 3) and array.dtype in _IMAGEJ_DTYPES:
+            # A stack is Z slices (pages), not channels, as `read_image` reads it.
+            metadata["axes"] = "ZYX"[3 - array.ndim :]
+            options.update(imagej=True, metadata=metadata)
+            options.pop("photometric")
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as temporary:
-        tifffile.imwrite(temporary, array, compression="zlib", photometric="minisblack")
+        tifffile.imwrite(temporary, array, **options)
     return path
 
 
