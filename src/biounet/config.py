@@ -273,6 +273,8 @@ class TrainConfig(_JsonConfig):
             _check_number(name, getattr(self, name), low, high)
         if self.sigma_px == 0 or self.learning_rate == 0:
             raise ValueError("sigma_px and learning_rate must be positive")
+        if isinstance(self.spacing, list):  # as JSON and Python callers write it
+            object.__setattr__(self, "spacing", tuple(self.spacing))
         _check_spacing(self.spacing)
 
 
@@ -282,9 +284,10 @@ def _check_spacing(spacing: Any) -> None:
     if not isinstance(spacing, tuple) or not spacing:
         raise TypeError(f"spacing must be None or a list of sizes, one per axis, got {spacing!r}")
     for size in spacing:
-        _check_number("spacing", size, 0.0, None)
-        if size == 0:
-            raise ValueError(f"spacing must be > 0 on every axis, got {list(spacing)}")
+        if isinstance(size, bool) or not isinstance(size, (int, float)):
+            raise TypeError(f"spacing must hold numbers, got {list(spacing)}")
+        if not (math.isfinite(size) and size > 0):
+            raise ValueError(f"spacing must be finite and > 0 on every axis, got {list(spacing)}")
 
 
 def _check_number(name: str, value: Any, low: float, high: float | None) -> None:

@@ -87,6 +87,25 @@ def test_post_processing_flags_shape_the_objects_of_probability_maps(tmp_path):
     recalls = [json.loads((tmp_path / name).read_text())["overall"]["recall_50"] for name in ("r0.json", "r2--min-size4.json", "r2--threshold0.7.json")]
     assert recalls == [0.5, 1.0, 0.0]  # the flags did change the objects
 
+    out = tmp_path / "spacing.json"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance", "--out", str(out), "--spacing", "1", "2"]) == 0
+    expected = evaluate([("a", labels, probability)], metrics="instance", postprocess=PostprocessConfig(spacing=(1.0, 2.0)))
+    assert json.loads(out.read_text())["overall"] == pytest.approx(expected.overall)
+
+
+def test_spacing_needs_one_value_per_axis_of_what_is_scored(tmp_path, capsys):
+    labels = np.zeros((30, 30), np.uint16)
+    labels[4:14, 4:14] = 1
+    gt, pred = ground_truth_folder(tmp_path, labels)
+    tifffile.imwrite(pred / "a_probability.tif", np.where(labels > 0, 0.9, 0.1).astype(np.float32))
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance"]
+    assert main([*args, "--spacing", "4", "1", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "biounet evaluate: error: --spacing needs 2 values: without --volume maps are scored as (Y, X) planes; "
+        "got [4.0, 1.0, 1.0]")
+    assert main([*args, "--volume", "--spacing", "4", "1"]) == 2
+    assert "--spacing needs 3 values: --volume scores (Z, Y, X) volumes; got [4.0, 1.0]" in capsys.readouterr().err
+
 
 def test_instance_metrics_take_the_instances_file_and_isbi_the_map(tmp_path):
     from biounet.evaluation import evaluate

@@ -157,6 +157,10 @@ def test_instances_of_a_boundary_class_model_are_seeded_by_its_interior(tmp_path
         np.testing.assert_array_equal(tifffile.imread(tmp_path / str(flag) / "a_instances.tif"), expected)
     assert [options["boundary_class"] for options in calls] == [True, False]
     assert [options["config"].seeds for options in calls] == ["interior", "distance"]
+    # its interiors seed the watershed, which --spacing does not measure
+    args = ["predict", "--model", str(tmp_path / "True.safetensors"), str(tmp_path / "a.png"), "--instances", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "s"), "--spacing", "1", "1"]) == 2
+    assert main([*args, "--out", str(tmp_path / "s"), "--spacing", "1", "1", "--seeds", "distance"]) == 0
 
 
 def test_instances_are_refused_with_zarr_output(model_file, tmp_path, capsys):
@@ -276,6 +280,12 @@ def test_spacing_reaches_the_instances_of_a_volume(tmp_path, monkeypatch, capsys
     assert capsys.readouterr().err.strip() == "biounet predict: error: --spacing must be positive sizes, one per axis, got [4.0, 0.0, 1.0]"
     assert main([*common[:-1], "--out", str(tmp_path / "bad"), "--spacing", "4", "1", "1"]) == 2
     assert "--spacing: post-processing options of --instances; add --instances" in capsys.readouterr().err
+    for other in (["--no-watershed"], ["--seeds", "probability"]):
+        assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "1", "1", *other]) == 2
+        used = "--no-watershed" if other == ["--no-watershed"] else "probability seeds"
+        assert capsys.readouterr().err.strip() == (
+            f"biounet predict: error: --spacing measures the distance seeds of the watershed; this run uses {used}: "
+            "drop --spacing or use --seeds distance")
     assert not (tmp_path / "bad").exists()
 
 
@@ -284,7 +294,7 @@ def test_outputs_state_the_pixel_size_of_their_input(model_file, tmp_path, rng):
 
     stack = rng.integers(0, 4000, (2, 40, 50), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "em.tif", stack, imagej=True, resolution=(250.0, 250.0),
-                     metadata={"unit": "micron", "spacing": 0.05})
+                     metadata={"unit": "micron", "spacing": 0.05, "axes": "ZYX"})
     tifffile.imwrite(tmp_path / "plain.tif", stack, photometric="minisblack")
     out = tmp_path / "out"
     assert main(["predict", "--model", str(model_file), str(tmp_path / "em.tif"), str(tmp_path / "plain.tif"),
@@ -296,3 +306,10 @@ def test_outputs_state_the_pixel_size_of_their_input(model_file, tmp_path, rng):
         assert tifffile.imread(out / f"em_{kind}.tif").shape == (2, 40, 50)
         assert read_calibration(out / f"plain_{kind}.tif") is None
     assert read_calibration(out / "em_probabilities.tif").resolution == (250.0, 250.0)
+    # a single plane's classes are channels, not Z slices
+    tifffile.imwrite(tmp_path / "plane.tif", stack[0], imagej=True, resolution=(250.0, 250.0),
+                     metadata={"unit": "micron"})
+    assert main(["predict", "--model", str(model_file), str(tmp_path / "plane.tif"), "--out", str(out),
+                 "--save-probabilities", "--quiet"]) == 0
+    with tifffile.TiffFile(out / "plane_probabilities.tif") as handle:
+        assert handle.series[0].axes == "CYX" and handle.imagej_metadata["unit"] == "micron"

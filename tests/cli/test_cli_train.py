@@ -78,7 +78,8 @@ def test_skeleton_recall_flag_reaches_the_run_config(tmp_path, rng, tiny_config,
         ("--batch-size", "0", "--batch-size: batch_size must be >= 1, got 0"),
         ("--iterations", "-3", "--iterations: iterations must be >= 1, got -3"),
         ("--learning-rate", "nan", "--learning-rate: learning_rate must be a finite number, got nan"),
-        ("--spacing", "0", "--spacing: spacing must be > 0 on every axis, got [0.0]"),
+        ("--spacing", "0", "--spacing: spacing must be finite and > 0 on every axis, got [0.0]"),
+        ("--spacing", "-1", "--spacing: spacing must be finite and > 0 on every axis, got [-1.0]"),
     ],
 )
 def test_a_bad_override_names_its_flag(tmp_path, rng, tiny_config, capsys, flag, value, message):
@@ -96,7 +97,7 @@ def test_spacing_flag_reaches_the_run_config(tmp_path, rng, tiny_config, capsys)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["spacing"] == [1.0, 2.0]
     assert main([*args, "--out", str(tmp_path / "bad"), "--spacing", "8", "1", "1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.splitlines() == ["biounet train: error: train.spacing must have one size per axis of the 2-D network, got [8.0, 1.0, 1.0]"]
+    assert err.splitlines() == ["biounet train: error: --spacing needs 2 values for this 2-D network, got [8.0, 1.0, 1.0]"]
 
 
 def make_no_foreground(folder, rng):

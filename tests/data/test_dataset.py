@@ -109,10 +109,11 @@ def test_spacing_must_match_the_network():
     with pytest.raises(ValueError, match=r"train.spacing must have one size per axis of the 2-D network, got \[8.0, 1.0, 1.0\]"):
         make_training_image("a", np.zeros((1, 5, 5), np.float32), np.zeros((5, 5), np.int32),
                             model_config=UNetConfig(), train_config=TrainConfig(spacing=(8.0, 1.0, 1.0)))
-    for bad, error in (([1, 1], TypeError), ((), TypeError), ((1.0, -2.0), ValueError),
-                       ((1.0, 0.0), ValueError), ((float("inf"), 1.0), ValueError), (("1", 1), TypeError)):
+    for bad, error in (((), TypeError), (2.0, TypeError), ((1.0, -2.0), ValueError), ((1.0, 0.0), ValueError),
+                       ((float("inf"), 1.0), ValueError), (("1", 1), TypeError), ((True, 1), TypeError)):
         with pytest.raises(error, match="spacing must"):
             TrainConfig(spacing=bad)
+    assert TrainConfig(spacing=[2, 1]).spacing == (2, 1)
     assert TrainConfig.from_json(TrainConfig(spacing=(8.0, 1.0, 1.0)).to_json()).spacing == (8.0, 1.0, 1.0)
 
 

@@ -101,6 +101,22 @@ def test_calibration_of_an_imagej_stack_carries_over(tmp_path):
     classes = write_tiff(tmp_path / "classes.tif", np.stack([volume, volume]), calibration=calibration)
     assert read_calibration(classes) == Calibration(resolution=(200.0, 200.0), resolution_unit=1)
     assert read_image(classes).shape == (2, 3, 20, 30)
+    two_classes = write_tiff(tmp_path / "c.tif", np.stack([volume[0], volume[1]]), calibration=calibration, classes_first=True)
+    with tifffile.TiffFile(two_classes) as handle:
+        assert handle.series[0].axes == "CYX" and "spacing" not in handle.imagej_metadata
+    assert read_calibration(two_classes) == Calibration(resolution=(200.0, 200.0), resolution_unit=1, unit="um")
+
+
+@pytest.mark.parametrize(("unit", "expected"), [("\u00b5m", "micron"), ("\u03bcm", "micron"), ("nm", "nm"), ("\u00c5", None)])
+def test_a_unit_that_tiff_cannot_hold_is_translated_or_left_out(tmp_path, unit, expected):
+    from biounet.data.io import read_calibration, write_tiff
+
+    description = f"ImageJ=1.54f\nimages=1\nunit={unit}\n".encode()
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((4, 5), np.uint8), resolution=(10.0, 10.0), description=description)
+    calibration = read_calibration(tmp_path / "in.tif")
+    assert calibration.unit == expected and calibration.resolution == (10.0, 10.0)
+    out = write_tiff(tmp_path / "out.tif", np.zeros((4, 5), np.float32), calibration=calibration)
+    assert read_calibration(out) == calibration
 
 
 def test_calibration_is_none_without_one(tmp_path):

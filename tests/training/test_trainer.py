@@ -314,3 +314,22 @@ def test_skeleton_recall_joins_the_loss_only_when_weighted(tmp_path, rng, monkey
 def test_skeleton_recall_weight_is_checked(value, error):
     with pytest.raises(error, match="skeleton_recall must be"):
         TrainConfig(skeleton_recall=value)
+
+
+def test_ap50_validation_measures_distance_seeds_with_the_run_spacing(tmp_path):
+    from types import SimpleNamespace
+
+    import biounet.training.trainer as trainer_module
+
+    z, y, x = np.mgrid[0:16, 0:32, 0:32].astype(float)
+    labels = np.zeros(z.shape, np.int32)
+    for cell, centre in enumerate((5.5, 9.5), start=1):  # stacked 4 sections of 4 px apart
+        labels[(((z - centre) * 4) ** 2 + (y - 16) ** 2 + (x - 16) ** 2 <= 100) & (labels == 0)] = cell
+    foreground = np.clip((labels > 0).astype(np.float32), 0.05, 0.95)
+    probabilities = np.stack([1 - foreground, foreground])
+    item = SimpleNamespace(labels=labels)
+    assert trainer_module.ap50_score(probabilities, item) == 0.5  # one slab in voxels
+    model = UNetConfig(ndim=3, depth=1, base_channels=2)
+    trainer = Trainer(model_config=model, train_config=TrainConfig(validation_metric="ap50", spacing=(4.0, 1.0, 1.0)),
+                      augment_config=None, train_images=[], val_images=[], run_dir=tmp_path, progress=False)
+    assert trainer.score(probabilities, item) == 1.0

@@ -68,6 +68,14 @@ def run(args: argparse.Namespace) -> int:
 
     groups = parse_metric_groups(args.metrics)
     postprocess = postprocess_config(args)
+    ndim = 3 if args.volume else 2
+    if args.spacing is not None and len(args.spacing) != ndim:
+        scored = (
+            "--volume scores (Z, Y, X) volumes"
+            if args.volume
+            else "without --volume maps are scored as (Y, X) planes"
+        )
+        raise ValueError(f"--spacing needs {ndim} values: {scored}; got {args.spacing}")
     if args.close_boundaries and "isbi" not in groups:
         raise ValueError(
             f"--close-boundaries changes the maps the ISBI errors score; --metrics "

@@ -71,8 +71,10 @@ def given_postprocess_flags(args: argparse.Namespace) -> list[str]:
     return [f"--{name.replace('_', '-')}" for name in FLAGS if getattr(args, name) is not None]
 
 
-def postprocess_config(args: argparse.Namespace, *, boundary_class: bool = False):
+def postprocess_config(args: argparse.Namespace, *, boundary_class: bool | None = False):
     """The `PostprocessConfig` the flags ask for; interior seeds for a boundary-class model.
+
+    `boundary_class=None`: the model is not known yet; checks what the flags alone decide.
 
     Raises:
         ValueError: naming the flag, for a threshold outside [0, 1), a negative size or
@@ -90,7 +92,7 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool = False
     if args.seeds is not None and args.no_watershed:
         raise ValueError("--seeds chooses the watershed's seeds; drop it or --no-watershed")
     seeds = args.seeds or ("interior" if boundary_class else defaults.seeds)
-    if seeds == "interior" and not boundary_class:
+    if seeds == "interior" and boundary_class is False:
         raise ValueError(
             "--seeds interior needs the interior class of a UNetConfig.boundary_class "
             "model, which this model does not have"
@@ -103,6 +105,12 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool = False
     spacing = None if args.spacing is None else tuple(args.spacing)
     if spacing is not None and not all(math.isfinite(size) and size > 0 for size in spacing):
         raise ValueError(f"--spacing must be positive sizes, one per axis, got {list(spacing)}")
+    if spacing is not None and (args.no_watershed or seeds != "distance"):
+        used = "--no-watershed" if args.no_watershed else f"{seeds} seeds"
+        raise ValueError(
+            f"--spacing measures the distance seeds of the watershed; this run uses {used}: "
+            "drop --spacing or use --seeds distance"
+        )
     return PostprocessConfig(
         threshold=threshold,
         min_size=min_size,

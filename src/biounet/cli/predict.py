@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             f"{' '.join(given_postprocess_flags(args))}: post-processing options of "
             "--instances; add --instances"
         )
-    postprocess_config(args, boundary_class=True)  # bad values fail before any work
+    postprocess_config(args, boundary_class=None)  # bad values fail before any work
     if predict_zarr.wants_zarr(args):
         return predict_zarr.run(args)
     predict_zarr.refuse_zarr_options(args)

@@ -89,7 +89,7 @@ def predict_file(
     write(files["probability"], foreground)
     write(files["mask"], mask)
     if args.save_probabilities:
-        write(files["probabilities"], probabilities)
+        write(files["probabilities"], probabilities, classes_first=True)
     _remove_stale_outputs(out, path, args)
     if args.instances:
         write(files["instances"], _instances(probabilities, config, postprocess))

@@ -109,6 +109,13 @@ def run(args: argparse.Namespace) -> int:
         spacing=tuple(args.spacing) if args.spacing else None,
     )
     _check_tile_shape(config)
+    spacing = config.train.spacing
+    if spacing is not None and len(spacing) != config.model.ndim:
+        source = "--spacing" if args.spacing else "train.spacing"
+        raise ValueError(
+            f"{source} needs {config.model.ndim} values for this {config.model.ndim}-D network, "
+            f"got {list(spacing)}"
+        )
     if config.model.boundary_class and args.label_kind == "semantic":
         raise ValueError(
             "--label-kind semantic: model.boundary_class derives its classes from instance "

@@ -344,15 +344,26 @@ def read_calibration(path: str | os.PathLike) -> Calibration | None:
             imagej = handle.imagej_metadata or {}
     except Exception:  # unreadable files fail, with their own message, when read as images
         return None
-    unit = imagej.get("unit")
     spacing = imagej.get("spacing")
     calibration = Calibration(
         resolution=resolution,
         resolution_unit=int(unit_tag.value) if unit_tag is not None and resolution else None,
-        unit=str(unit) if unit else None,
+        unit=_ascii_unit(imagej.get("unit")),
         spacing=float(spacing) if isinstance(spacing, (int, float)) and spacing > 0 else None,
     )
     return None if calibration == Calibration() else calibration
+
+
+def _ascii_unit(unit) -> str | None:
+    """ImageJ's unit as the ASCII that TIFF descriptions hold ("µm" is ImageJ's "micron")."""
+    if not unit:
+        return None
+    text = str(unit).replace("\u00b5m", "micron").replace("\u03bcm", "micron")
+    text = text.replace("\u00b5", "u").replace("\u03bc", "u")
+    if not text.isascii():
+        logger.debug("unit %r is not ASCII; outputs state the pixel size without it", unit)
+        return None
+    return text
 
 
 def _rational(value) -> float:
@@ -369,13 +380,15 @@ def write_tiff(
     *,
     overwrite: bool = True,
     calibration: Calibration | None = None,
+    classes_first: bool = False,
 ) -> Path:
     """Write `array` to a (compressed) TIFF atomically and return the final path.
 
     With `calibration` (from `read_calibration` of the input) the output states the same
-    pixel size: resolution tags always, and ImageJ's unit and Z spacing for (Y, X) and
-    (Z, Y, X) arrays of the dtypes ImageJ reads, so Fiji measures outputs in the input's
-    units.
+    pixel size: resolution tags always, and ImageJ's unit and Z spacing for arrays ImageJ
+    can describe: uint8, uint16 or float32 (Y, X) and (Z, Y, X), or with `classes_first`
+    (C, Y, X) class maps. (C, Z, Y, X) maps and uint32 labels keep the resolution tags
+    only, since ImageJ stores channels inside Z and has no 32-bit integers.
     """
     import tifffile
 
@@ -386,10 +399,14 @@ def write_tiff(
             options["resolutionunit"] = calibration.resolution_unit or 1
         metadata = {"unit": calibration.unit, "spacing": calibration.spacing}
         metadata = {key: value for key, value in metadata.items() if value is not None}
-        if metadata and array.ndim in (2, 3) and array.dtype in _IMAGEJ_DTYPES:
-            # A stack is Z slices (pages), not channels, as `read_image` reads it.
-            metadata["axes"] = "ZYX"[3 - array.ndim :]
-            options.update(imagej=True, metadata=metadata)
+        axes = {(2, False): "YX", (3, False): "ZYX", (3, True): "CYX"}.get(
+            (array.ndim, classes_first)
+        )
+        if metadata and axes and array.dtype in _IMAGEJ_DTYPES:
+            if axes == "CYX":  # the classes of one plane have no Z step
+                metadata.pop("spacing", None)
+            # An axis named, not guessed: tifffile would take a short stack for channels.
+            options.update(imagej=True, metadata={**metadata, "axes": axes})
             options.pop("photometric")
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as temporary:

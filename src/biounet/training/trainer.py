@@ -58,17 +58,25 @@ def rand_score(probabilities: np.ndarray, item: TrainingImage) -> float:
 
 
 def ap50_score(
-    probabilities: np.ndarray, item: TrainingImage, *, boundary_class: bool = False
+    probabilities: np.ndarray,
+    item: TrainingImage,
+    *,
+    boundary_class: bool = False,
+    spacing: tuple[float, ...] | None = None,
 ) -> float:
     """Instance AP at IoU 0.5 after the default post-processing, for cells and nuclei.
 
     With `boundary_class` (a background / interior / boundary network) the predicted
-    interiors seed the watershed (`biounet.postprocess.instances_from_probabilities`).
+    interiors seed the watershed (`biounet.postprocess.instances_from_probabilities`);
+    otherwise its distance seeds are measured with `spacing` (`TrainConfig.spacing`).
     """
     from biounet.metrics.matching import match_instances
-    from biounet.postprocess import instances_from_probabilities
+    from biounet.postprocess import PostprocessConfig, instances_from_probabilities
 
-    instances = instances_from_probabilities(probabilities, boundary_class=boundary_class)
+    config = None if boundary_class or spacing is None else PostprocessConfig(spacing=spacing)
+    instances = instances_from_probabilities(
+        probabilities, boundary_class=boundary_class, config=config
+    )
     return match_instances(item.labels, instances, thresholds=(0.5,))[0].average_precision
 
 
@@ -143,6 +151,8 @@ class Trainer:
             score = SCORES[train_config.validation_metric]
             if score is ap50_score and model_config.boundary_class:
                 score = functools.partial(ap50_score, boundary_class=True)
+            elif score is ap50_score and train_config.spacing is not None:
+                score = functools.partial(ap50_score, spacing=train_config.spacing)
         self.score = score
         self.progress = progress
         self._stop_requested = False
