@@ -694,7 +694,7 @@ EXPORT_CASES = [
     case("export/tile with 1 value for 2 axes", lambda w: w.export("--tile-shape", "60"),
          r"--tile-shape needs 2 values for this 2-D model, got \[60\]", skip=NOT_REGISTERED),
     case("export/tile invalid for the network", lambda w: w.export("--tile-shape", "61", "60"),
-         r"tile_shape \(61, 60\): 61 is not a valid input size .*nearest valid sizes are 60 and 64",
+         r"tile_shape \(61, 60\): Y = 61 is not a valid input size .*nearest valid sizes along Y are 60 and 64",
          skip=NOT_REGISTERED),
     case("export/zero tile", lambda w: w.export("--tile-shape", "0", "0"),
          r"tile_shape \(0, 0\)(?!.*None).*(positive|44 \(the minimum\))", skip=NOT_REGISTERED),

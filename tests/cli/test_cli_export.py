@@ -134,7 +134,7 @@ def test_unknown_format_is_an_argparse_error(model_file, tmp_path, capsys):
     ("extra", "message"),
     [
         (["--tile-shape", "100"], "--tile-shape needs 2 values"),
-        (["--tile-shape", "50", "52"], "nearest valid sizes are 48 and 52"),
+        (["--tile-shape", "50", "52"], "nearest valid sizes along Y are 48 and 52"),
     ],
 )
 def test_bad_tile_shape_exits_2(model_file, tmp_path, capsys, extra, message):

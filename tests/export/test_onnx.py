@@ -155,7 +155,7 @@ def test_a_wrong_export_is_refused_and_not_written(tmp_path):
         ({"opset": 9}, "opset must be an integer >= 14"),
         ({"opset": 99}, "newer than the installed onnx"),
         ({"exporter": "jit"}, "exporter must be one of"),
-        ({"tile_shape": (50, 50)}, "nearest valid sizes are 48 and 52"),
+        ({"tile_shape": (50, 50)}, "nearest valid sizes along Y are 48 and 52"),
     ],
 )
 def test_bad_options(options, message, tmp_path):

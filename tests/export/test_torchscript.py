@@ -109,7 +109,8 @@ def test_check_inputs_shapes_and_seed():
 
 @pytest.mark.parametrize(
     ("tile_shape", "message"),
-    [((50, 60), "nearest valid sizes are 48 and 52"), ((60,), "needs 2 sizes")],
+    [((50, 60), r"Y = 50 is not a valid input size of this network; nearest valid sizes along Y are 48 and 52"),
+     ((60,), "needs 2 sizes")],
 )
 def test_invalid_tile_shape(tile_shape, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -138,6 +139,6 @@ def test_an_anisotropic_network_exports_with_its_own_z_sizes(tmp_path, rng):
         with torch.no_grad():
             exported = loaded(torch.from_numpy(batch)).numpy()
         np.testing.assert_allclose(exported, scores(model, batch), rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match=r"27 is not a valid input size of this network; nearest valid sizes are 26 and 28"):
+    with pytest.raises(ValueError, match=r"tile_shape \(27, 44, 44\): Z = 27 is not a valid input size of this network; nearest valid sizes along Z are 26 and 28"):
         export_torchscript(model, tmp_path / "bad.pt", tile_shape=(27, 44, 44))
     assert not (tmp_path / "bad.pt").exists()

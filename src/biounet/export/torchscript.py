@@ -103,14 +103,16 @@ def check_tile_shape(config: UNetConfig, tile_shape: Sequence[int]) -> tuple[int
         raise ValueError(
             f"tile_shape {shape} needs {config.ndim} sizes for this {config.ndim}-D network"
         )
-    for size, factors in zip(shape, pooling_per_axis(config)):
+    names = "ZYX"[3 - config.ndim :]
+    for name, size, factors in zip(names, shape, pooling_per_axis(config)):
         kwargs = {"depth": config.depth, "padding": config.padding, "pooling": factors}
         if not is_valid_input_size(size, **kwargs):
             below, above = nearest_valid_sizes(size, **kwargs)
             nearest = f"{below} and {above}" if below is not None else f"{above} (the minimum)"
+            # valid sizes differ per axis in anisotropic networks, so the axis is named
             raise ValueError(
-                f"tile_shape {shape}: {size} is not a valid input size of this network; "
-                f"nearest valid sizes are {nearest}"
+                f"tile_shape {shape}: {name} = {size} is not a valid input size of this "
+                f"network; nearest valid sizes along {name} are {nearest}"
             )
     return shape
 
