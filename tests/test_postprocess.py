@@ -345,9 +345,14 @@ def test_spacing_distances_equal_scipy_sampling(rng):
     )
 
 
-@pytest.mark.parametrize("spacing", [(), (1.0, 0.0), (1.0, -2.0), (float("nan"), 1.0), (True, 1.0), "11", 2.0])
-def test_spacing_is_checked(spacing):
-    with pytest.raises(ValueError, match="spacing must be None or positive sizes, one per axis"):
+@pytest.mark.parametrize(
+    ("spacing", "error", "message"),
+    [((), TypeError, "a list of sizes"), ((True, 1.0), TypeError, "a list of sizes"), ("11", TypeError, "a list of sizes"),
+     (2.0, TypeError, "a list of sizes"), ((1.0, 0.0), ValueError, "finite and > 0"),
+     ((1.0, -2.0), ValueError, "finite and > 0"), ((float("nan"), 1.0), ValueError, "finite and > 0")],
+)
+def test_spacing_is_checked(spacing, error, message):
+    with pytest.raises(error, match=f"^spacing must be (None or )?{message}"):
         PostprocessConfig(spacing=spacing)
 
 

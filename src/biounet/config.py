@@ -273,21 +273,27 @@ class TrainConfig(_JsonConfig):
             _check_number(name, getattr(self, name), low, high)
         if self.sigma_px == 0 or self.learning_rate == 0:
             raise ValueError("sigma_px and learning_rate must be positive")
-        if isinstance(self.spacing, list):  # as JSON and Python callers write it
-            object.__setattr__(self, "spacing", tuple(self.spacing))
-        _check_spacing(self.spacing)
+        object.__setattr__(self, "spacing", check_spacing(self.spacing))
 
 
-def _check_spacing(spacing: Any) -> None:
+def check_spacing(spacing: Any, name: str = "spacing") -> tuple[float, ...] | None:
+    """Return a pixel size per axis as a tuple of floats (None stays None), or raise.
+
+    Shared by `TrainConfig.spacing`, `PostprocessConfig.spacing` and the CLI's --spacing.
+
+    Raises:
+        TypeError: for something other than a non-empty list of numbers.
+        ValueError: for a size that is not finite and > 0.
+    """
     if spacing is None:
-        return
-    if not isinstance(spacing, tuple) or not spacing:
-        raise TypeError(f"spacing must be None or a list of sizes, one per axis, got {spacing!r}")
-    for size in spacing:
-        if isinstance(size, bool) or not isinstance(size, (int, float)):
-            raise TypeError(f"spacing must hold numbers, got {list(spacing)}")
-        if not (math.isfinite(size) and size > 0):
-            raise ValueError(f"spacing must be finite and > 0 on every axis, got {list(spacing)}")
+        return None
+    if not isinstance(spacing, (tuple, list)) or not spacing or any(
+        isinstance(size, bool) or not isinstance(size, (int, float)) for size in spacing
+    ):
+        raise TypeError(f"{name} must be None or a list of sizes, one per axis, got {spacing!r}")
+    if not all(math.isfinite(size) and size > 0 for size in spacing):
+        raise ValueError(f"{name} must be finite and > 0 on every axis, got {list(spacing)}")
+    return tuple(float(size) for size in spacing)
 
 
 def _check_number(name: str, value: Any, low: float, high: float | None) -> None:

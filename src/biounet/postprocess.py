@@ -24,13 +24,14 @@ foreground, AP at IoU 0.5 is 0.96 with components only, 0.93 with probability se
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 from skimage import measure, morphology, segmentation
+
+from biounet.config import check_spacing
 
 SEED_METHODS = ("distance", "probability", "interior")
 
@@ -105,17 +106,7 @@ class PostprocessConfig:
             )
         if self.connectivity not in (1, 2, 3):
             raise ValueError(f"connectivity must be 1, 2 or 3, got {self.connectivity}")
-        if self.spacing is not None:
-            spacing = tuple(self.spacing) if isinstance(self.spacing, (list, tuple)) else ()
-            if not spacing or not all(
-                isinstance(size, (int, float)) and not isinstance(size, bool)
-                and math.isfinite(size) and size > 0
-                for size in spacing
-            ):
-                raise ValueError(
-                    f"spacing must be None or positive sizes, one per axis, got {self.spacing!r}"
-                )
-            object.__setattr__(self, "spacing", tuple(float(size) for size in spacing))
+        object.__setattr__(self, "spacing", check_spacing(self.spacing))
 
 
 def probabilities_to_labels(

@@ -277,7 +277,7 @@ def test_spacing_reaches_the_instances_of_a_volume(tmp_path, monkeypatch, capsys
     assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "1"]) == 2
     assert capsys.readouterr().err.strip() == "biounet predict: error: --spacing needs 3 values for this 3-D model, got [4.0, 1.0]"
     assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "0", "1"]) == 2
-    assert capsys.readouterr().err.strip() == "biounet predict: error: --spacing must be positive sizes, one per axis, got [4.0, 0.0, 1.0]"
+    assert capsys.readouterr().err.strip() == "biounet predict: error: --spacing must be finite and > 0 on every axis, got [4.0, 0.0, 1.0]"
     assert main([*common[:-1], "--out", str(tmp_path / "bad"), "--spacing", "4", "1", "1"]) == 2
     assert "--spacing: post-processing options of --instances; add --instances" in capsys.readouterr().err
     for other in (["--no-watershed"], ["--seeds", "probability"]):

@@ -8,7 +8,6 @@ building the parser does not import scikit-image; the defaults named in the help
 from __future__ import annotations
 
 import argparse
-import math
 
 FLAGS = ("threshold", "min_size", "no_watershed", "seeds", "spacing")
 SEEDS = ("distance", "probability", "interior")
@@ -102,9 +101,9 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool | None 
             f"--seeds probability seeds where the probability exceeds "
             f"{defaults.seed_threshold}: --threshold must be below it, got {threshold}"
         )
-    spacing = None if args.spacing is None else tuple(args.spacing)
-    if spacing is not None and not all(math.isfinite(size) and size > 0 for size in spacing):
-        raise ValueError(f"--spacing must be positive sizes, one per axis, got {list(spacing)}")
+    from biounet.config import check_spacing
+
+    spacing = check_spacing(args.spacing, name="--spacing")
     if spacing is not None and (args.no_watershed or seeds != "distance"):
         used = "--no-watershed" if args.no_watershed else f"{seeds} seeds"
         raise ValueError(
