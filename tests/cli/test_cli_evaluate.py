@@ -93,6 +93,22 @@ def test_post_processing_flags_shape_the_objects_of_probability_maps(tmp_path):
     assert json.loads(out.read_text())["overall"] == pytest.approx(expected.overall)
 
 
+def test_spacing_reaches_the_objects_evaluate_scores(tmp_path):
+    # Two discs of radius 10 px on rows 4 px apart, stacked 4 rows: one object in pixels.
+    y, x = np.mgrid[0:16, 0:40].astype(float)
+    labels = np.zeros(y.shape, np.uint16)
+    for cell, centre in enumerate((5.5, 9.5), start=1):
+        labels[(((y - centre) * 4) ** 2 + (x - 20) ** 2 <= 100) & (labels == 0)] = cell
+    gt, pred = ground_truth_folder(tmp_path, labels)
+    tifffile.imwrite(pred / "a_probability.tif", np.where(labels > 0, 0.9, 0.1).astype(np.float32))
+    recalls = {}
+    for flags in ([], ["--spacing", "4", "1"]):
+        out = tmp_path / f"r{len(flags)}.json"
+        assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance", "--out", str(out), *flags]) == 0
+        recalls[len(flags)] = json.loads(out.read_text())["overall"]["recall_50"]
+    assert recalls == {0: 0.5, 3: 1.0}
+
+
 def test_spacing_needs_one_value_per_axis_of_what_is_scored(tmp_path, capsys):
     labels = np.zeros((30, 30), np.uint16)
     labels[4:14, 4:14] = 1
