@@ -133,3 +133,25 @@ def test_calibration_is_none_without_one(tmp_path):
     assert read_calibration(tmp_path / "a.png") is None
     assert read_calibration(tmp_path / "broken.tif") is None
     assert read_calibration(tmp_path / "cm.tif") == Calibration(resolution=(2.5, 4.0), resolution_unit=3)
+
+
+def test_calibration_of_an_ome_tiff_is_its_physical_size(tmp_path):
+    from biounet.data.io import Calibration, read_calibration, write_tiff
+
+    def ome(name, **sizes):
+        tifffile.imwrite(tmp_path / name, np.zeros((3, 20, 30), np.uint16), ome=True, metadata={"axes": "ZYX", **sizes})
+        return read_calibration(tmp_path / name)
+
+    stated = ome("a.ome.tif", PhysicalSizeX=0.25, PhysicalSizeY=0.5, PhysicalSizeZ=2.0)  # OME's default unit is µm
+    assert stated == Calibration(resolution=(4.0, 2.0), resolution_unit=1, unit="micron", spacing=2.0)
+    out = write_tiff(tmp_path / "out.tif", np.zeros((3, 20, 30), np.float32), calibration=stated)
+    assert read_calibration(out) == stated
+    # a Z step in another unit than X and Y is left out rather than mixed with them
+    assert ome("b.ome.tif", PhysicalSizeX=0.1, PhysicalSizeY=0.1, PhysicalSizeZ=200, PhysicalSizeZUnit="nm").spacing is None
+    assert ome("c.ome.tif", PhysicalSizeX=5, PhysicalSizeY=5, PhysicalSizeXUnit="nm", PhysicalSizeYUnit="nm").unit == "nm"
+    assert ome("d.ome.tif", PhysicalSizeX=0.1, PhysicalSizeY=0.1, PhysicalSizeYUnit="nm") is None
+    assert ome("e.ome.tif") is None
+    # resolution tags, when present, win over the OME description
+    tifffile.imwrite(tmp_path / "f.ome.tif", np.zeros((20, 30), np.uint8), ome=True, resolution=(8.0, 8.0),
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    assert read_calibration(tmp_path / "f.ome.tif").resolution == (8.0, 8.0)

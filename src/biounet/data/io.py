@@ -321,7 +321,7 @@ class Calibration:
 
 
 def read_calibration(path: str | os.PathLike) -> Calibration | None:
-    """Return the pixel size stored in a TIFF's first page and ImageJ metadata, or None.
+    """Return the pixel size stored in a TIFF's first page, ImageJ or OME metadata, or None.
 
     Files without any (PNG, or TIFFs written without resolution tags) give None; a
     resolution tag of 0 or 1 pixel per unit, which writers use for "unknown", counts as
@@ -342,6 +342,7 @@ def read_calibration(path: str | os.PathLike) -> Calibration | None:
                     resolution = (x, y)
             unit_tag = tags.get("ResolutionUnit")
             imagej = handle.imagej_metadata or {}
+            ome = _ome_physical_size(handle.ome_metadata) if handle.is_ome else {}
     except Exception:  # unreadable files fail, with their own message, when read as images
         return None
     spacing = imagej.get("spacing")
@@ -351,7 +352,46 @@ def read_calibration(path: str | os.PathLike) -> Calibration | None:
         unit=_ascii_unit(imagej.get("unit")),
         spacing=float(spacing) if isinstance(spacing, (int, float)) and spacing > 0 else None,
     )
+    if resolution is None and "X" in ome and "Y" in ome:
+        # OME states sizes per pixel in a named unit, which TIFF tags cannot: ImageJ's
+        # unit field carries it, with the tags in "no unit".
+        calibration = Calibration(
+            resolution=(1.0 / ome["X"], 1.0 / ome["Y"]),
+            resolution_unit=1,
+            unit=ome["unit"],
+            spacing=calibration.spacing or ome.get("Z"),
+        )
     return None if calibration == Calibration() else calibration
+
+
+def _ome_physical_size(xml: str | None) -> dict:
+    """PhysicalSizeX/Y/Z of an OME-XML's first image, where X and Y share one unit.
+
+    Z is kept only in that unit too, so that the spacing and pixel size stay comparable.
+    """
+    import xml.etree.ElementTree as ElementTree
+
+    if not xml:
+        return {}
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:  # a broken description must not lose the tags' size
+        return {}
+    # The namespace changes with each OME schema version; match on the local name.
+    pixels = next((element for element in root.iter() if element.tag.endswith("}Pixels")), None)
+    if pixels is None:
+        return {}
+    units = {axis: pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m") for axis in "XYZ"}
+    sizes = {}
+    for axis in "XYZ":
+        try:
+            value = float(pixels.get(f"PhysicalSize{axis}", "nan"))
+        except ValueError:
+            continue
+        if np.isfinite(value) and value > 0 and units[axis] == units["X"]:
+            sizes[axis] = value
+    unit = _ascii_unit(units["X"])
+    return {**sizes, "unit": unit} if "X" in sizes and "Y" in sizes else {}
 
 
 def _ascii_unit(unit) -> str | None:
