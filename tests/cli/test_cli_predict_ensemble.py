@@ -67,14 +67,33 @@ def test_members_predicting_other_classes_exit_2_naming_the_file(
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_an_ensemble_into_zarr_is_refused(tmp_path, image_file, capsys):
+@pytest.mark.parametrize("tta", [False, True])
+def test_an_ensemble_into_zarr_equals_the_folder_output(tmp_path, image_file, tta):
     _, first = _model_file(tmp_path / "a.safetensors", 0)
-    _, second = _model_file(tmp_path / "b.safetensors", 1)
+    _, second = _model_file(tmp_path / "b.safetensors", 1, depth=3)
+    common = ["--model", str(first), "--model", str(second), str(image_file), "--quiet"]
+    common += ["--tile-shape", "124", "124"] * (not tta) + ["--tta"] * tta
+    assert main(["predict", *common, "--out", str(tmp_path / "out"), "--save-probabilities"]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "out.zarr"),
+                 "--block-shape", "16", "32"]) == 0
+    expected = tifffile.imread(tmp_path / "out" / "cells_probabilities.tif")
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    np.testing.assert_allclose(group["0"][...], expected, rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(group["labels/mask/0"][0], expected.argmax(axis=0))
+
+
+def test_members_of_other_classes_into_zarr_exit_2_naming_the_files(
+    tmp_path, image_file, capsys
+):
+    _, two_classes = _model_file(tmp_path / "two.safetensors", 0)
+    _, three_classes = _model_file(tmp_path / "three.safetensors", 1, n_classes=3)
     code = main(
-        ["predict", "--model", str(first), "--model", str(second), str(image_file),
-         "--out", str(tmp_path / "out.zarr"), "--quiet"]
+        ["predict", "--model", str(two_classes), "--model", str(three_classes),
+         str(image_file), "--out", str(tmp_path / "out.zarr"), "--quiet", "--tta"]
     )
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1
-    assert "--model given 2 times" in error and "zarr" in error
+    assert f"--model {three_classes} has n_classes=3 but --model {two_classes} has 2" in error
     assert not (tmp_path / "out.zarr").exists()

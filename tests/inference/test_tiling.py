@@ -136,3 +136,26 @@ def test_anisotropic_tile_sizes_per_axis():
     chosen = choose_tile_shape(ANISOTROPIC, (30, 300, 300), max_tile_pixels=40 * 200 * 200)
     assert math.prod(chosen) <= 40 * 200 * 200
     make_tile_grid(ANISOTROPIC, (30, 300, 300), chosen)
+
+
+@pytest.mark.parametrize(
+    ("config", "image_shape", "tile_shape"),
+    [
+        (UNetConfig(depth=2), (150, 203), (76, 92)),
+        (UNetConfig(depth=1, padding="same"), (37, 64), (20, 28)),
+        (UNetConfig(ndim=3, depth=1), (21, 45, 38), (26, 30, 26)),
+    ],
+)
+def test_overlapping_tiles_are_those_a_scan_of_the_grid_finds(config, image_shape, tile_shape, rng):
+    grid = make_tile_grid(config, image_shape, tile_shape)
+    tiles = list(grid)
+    for _ in range(40):
+        start = [int(rng.integers(0, size)) for size in image_shape]
+        stop = [int(rng.integers(low + 1, size + 1)) for low, size in zip(start, image_shape)]
+        scanned = [
+            tile for tile in tiles
+            if all(a < hi and b > lo for a, b, lo, hi in zip(tile.output_start, tile.output_stop, start, stop))
+        ]
+        assert grid.overlapping(start, stop) == scanned
+    assert grid.overlapping((0,) * len(image_shape), image_shape) == tiles
+    assert grid.overlapping((5,) * len(image_shape), (5,) * len(image_shape)) == []

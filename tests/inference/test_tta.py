@@ -94,3 +94,22 @@ def test_invalid_input_is_refused_before_predicting(tiny_unet):
 
 def test_symmetry_repr_is_readable():
     assert repr(Symmetry((-1,), 2)) == "Symmetry(flip_axes=(-1,), quarter_turns=2)"
+
+
+@pytest.mark.parametrize(("ndim", "shape"), [(2, (5, 7)), (3, (3, 4, 6))])
+def test_boxes_map_as_the_arrays_do(ndim, shape, rng):
+    image = np.arange(np.prod(shape)).reshape(shape)
+    # mirrored beyond the borders, as `read_window` extends tiles
+    padded_image = np.pad(image, 3, mode="reflect")
+    for symmetry in symmetries(ndim):
+        transformed = symmetry.apply(image)
+        padded_transformed = np.pad(transformed, 3, mode="reflect")
+        for _ in range(25):
+            start = [int(rng.integers(-3, size)) for size in shape]
+            stop = [int(rng.integers(low + 1, size + 4)) for low, size in zip(start, shape)]
+            low, high, new_shape = symmetry.apply_box(start, stop, shape)
+            assert new_shape == transformed.shape
+            box = padded_image[tuple(slice(a + 3, b + 3) for a, b in zip(start, stop))]
+            moved = padded_transformed[tuple(slice(a + 3, b + 3) for a, b in zip(low, high))]
+            assert np.array_equal(moved, symmetry.apply(box)), symmetry
+            assert symmetry.invert_box(low, high, new_shape) == (tuple(start), tuple(stop), shape)

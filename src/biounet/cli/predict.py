@@ -28,6 +28,7 @@ OME-Zarr image group, whose level 0 is used), the one IMAGE (zarr, or a TIFF rea
 lazily) is predicted block by block with dask into the OME-Zarr group --out:
   NAME.zarr/0             float32 (C, ...) class probabilities, the input's scale kept
   NAME.zarr/labels/mask/0 uint8 (1, ...) class map (argmax over classes)
+--tta and several --model work here too, with the output of the in-memory path.
 Each block is recorded when written: --resume continues an interrupted run and skips
 finished blocks; --scheduler tcp://HOST:PORT runs on a dask.distributed cluster
 (`dask scheduler`, `dask worker tcp://HOST:PORT`) instead of local threads. A TIFF

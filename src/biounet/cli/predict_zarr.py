@@ -70,13 +70,20 @@ def run(args: argparse.Namespace) -> int:
     """Predict one IMAGE block by block into the OME-Zarr group --out; return 0."""
     from biounet.data.ome_zarr import IMAGE_PATH
     from biounet.inference.blockwise import predict_blockwise
+    from biounet.inference.ensemble import check_members
     from biounet.weightfile import load_model
 
     source = _check_arguments(args)
     target = Path(args.out)
     resume = _check_target(target, resume=args.resume, overwrite=args.overwrite)
-    model = load_model(args.model[0])
-    ndim = model.config.ndim
+    models: list = []
+    for path in args.model:
+        model = load_model(path)
+        # each member against the first, before the next one is read
+        first = models[0].config if models else model.config
+        check_members([first, model.config], [f"--model {args.model[0]}", f"--model {path}"])
+        models.append(model)
+    ndim = models[0].config.ndim
     for flag, values in (("--tile-shape", args.tile_shape), ("--block-shape", args.block_shape)):
         if values is not None and len(values) != ndim:
             raise ValueError(
@@ -84,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             )
     tile_shape = args.tile_shape or (_recorded_tile_shape(target / IMAGE_PATH) if resume else None)
     probabilities = predict_blockwise(
-        model,
+        models[0] if len(models) == 1 else models,
         source,
         target / IMAGE_PATH,
         tile_shape=tuple(tile_shape) if tile_shape else None,
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         resume=resume,
         progress=not args.quiet,
         normalization=NORMALIZATIONS[args.normalization],
+        tta=args.tta,
     )
     _finish_group(target, probabilities)
     return 0
@@ -117,13 +125,8 @@ def _check_arguments(args: argparse.Namespace) -> str:
         )
     if args.memory_budget <= 0:
         raise ValueError(f"--memory-budget must be positive (GB), got {args.memory_budget}")
-    if len(args.model) > 1:
-        raise ValueError(
-            f"--model given {len(args.model)} times: an ensemble is not available with zarr "
-            "output yet; predict into a folder (--out DIR) or pass one --model"
-        )
     # options of in-memory prediction only
-    for flag in ("tta", "backend", "instances", "close_boundaries"):
+    for flag in ("backend", "instances", "close_boundaries"):
         value = getattr(args, flag, None)
         if value not in (None, False, "torch"):
             raise ValueError(f"--{flag.replace('_', '-')} is not available with zarr output yet")

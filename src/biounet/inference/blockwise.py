@@ -23,6 +23,7 @@ local scheduler or a distributed cluster) and `blockwise_normalization`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -51,14 +52,16 @@ from biounet.inference.blockwise_target import (
     _tiles_per_block,
 )
 from biounet.inference.blockwise_task import _MODEL_CACHE as _MODEL_CACHE
-from biounet.inference.blockwise_task import _BlockJob, _ModelSpec, _predict_block
+from biounet.inference.blockwise_task import _BlockJob, _ModelSpec, _Pass, _predict_block
+from biounet.inference.ensemble import check_ensemble
 from biounet.inference.predict import DEFAULT_MEMORY_BUDGET, estimate_tile_bytes, plan_tiles
+from biounet.inference.tta import Symmetry, symmetries
 
 logger = logging.getLogger(__name__)
 
 
 def predict_blockwise(
-    model: nn.Module,
+    model: nn.Module | Sequence[nn.Module],
     source,
     target,
     *,
@@ -69,14 +72,20 @@ def predict_blockwise(
     resume: bool = True,
     progress: bool = False,
     normalization: Normalization = None,
+    tta: bool = False,
 ):
     """Predict per-class probabilities of an image larger than memory into a zarr array.
 
     Equals `predict_tiled(model, whole_image, tile_shape=tile_shape)` (to float32
-    rounding) while holding only a few blocks in memory at a time.
+    rounding) while holding only a few blocks in memory at a time; for a list of models
+    `predict_ensemble(models, whole_image, tta=tta, tile_shape=tile_shape)`, and with
+    `tta` `predict_tta`. Every member and transform is tiled on its own grid, as in
+    memory; a block predicts the tiles of each grid that overlap it.
 
     Args:
-        model: a `UNet` (anything with a `config: UNetConfig` and a UNet's state dict).
+        model: a `UNet` (anything with a `config: UNetConfig` and a UNet's state dict),
+            or a sequence of them, an ensemble (`biounet.inference.ensemble`) whose
+            class probabilities are averaged.
         source: (*spatial) or (C, *spatial) array-like with basic slicing (a zarr
             array, ...), or a path to a zarr array, an OME-Zarr multiscale group (level 0
             is used) or a TIFF file (read lazily through `tifffile`'s zarr store).
@@ -98,6 +107,8 @@ def predict_blockwise(
             the source), "zscore" (each channel to zero mean, unit variance), or a
             function of a (C, *spatial) float32 window that must act pixel by pixel (it
             sees blocks, not the image) and must not modify its input.
+        tta: average every member over the 8 flips/rotations (2-D) or axis flips (3-D)
+            of `biounet.inference.tta`: 8 predictions per block, 8x the time.
 
     Returns:
         The output zarr array, (n_classes, *spatial) float32 probabilities.
@@ -112,12 +123,16 @@ def predict_blockwise(
 
     All of these are raised before the target is created or changed.
     """
-    config = _check_model(model)
+    models = _check_models(model)
+    config = models[0].config
+    if not isinstance(tta, bool):
+        raise TypeError(f"tta must be true or false, got {tta!r}")
     opened = _open_source(source)
     try:
         _check_source(opened.array, config)
         spatial_shape = tuple(int(size) for size in opened.array.shape[-config.ndim :])
-        grid = plan_tiles(config, spatial_shape, tile_shape=tile_shape, memory_budget=memory_budget)
+        passes = _plan_passes(models, spatial_shape, tile_shape, memory_budget, tta=tta)
+        grid = passes[0].grid
         _check_normalization(normalization)
         # Every check that needs no target comes first, so bad input leaves no target behind.
         executor = _make_executor(scheduler)
@@ -133,22 +148,25 @@ def predict_blockwise(
                 target, (config.n_classes, *spatial_shape), grid, block_shape, resume=resume
             )
             tiles = _tiles_per_block(grid, blocks)
-            spec = _ModelSpec.from_model(model)
-            signature = _signature(spec, grid, blocks, normalization)
+            specs = tuple(_ModelSpec.from_model(member) for member in models)
+            signature = _signature(specs, passes, blocks, normalization, tta=tta)
             record = _Record(output, signature, resume=resume)
             output.attrs.update(_output_scale_metadata(opened, config.ndim))
             if len(record.done) < len(tiles):
                 if not fresh:
                     normalizer = _make_normalizer(normalization, opened, spatial_shape, executor)
-                per_tile = max(estimate_tile_bytes(config, grid.tile_shape), 1)
                 largest = max(map(len, tiles.values()))
+                first = dataclasses.replace(
+                    passes[0], batch_size=min(passes[0].batch_size, largest)
+                )
                 job = _BlockJob(
-                    model=spec,
+                    models=specs,
+                    passes=(first, *passes[1:]),
+                    tta=tta,
                     source=opened.reference(),
                     target=output,
                     grid=grid,
                     block_shape=blocks,
-                    batch_size=int(min(max(memory_budget // per_tile, 1), largest)),
                     normalizer=normalizer,
                 )
                 _run_blocks(job, tiles, record, executor, progress=progress)
@@ -157,6 +175,31 @@ def predict_blockwise(
     finally:
         opened.close()
     return output
+
+
+def _check_models(model) -> list[nn.Module]:
+    """The networks to predict with: one, or an ensemble's members that predict alike."""
+    if isinstance(model, nn.Module) or not isinstance(model, Sequence):
+        _check_model(model)
+        return [model]
+    check_ensemble(model, name="model")
+    for member in model:
+        _check_model(member)
+    return list(model)
+
+
+def _plan_passes(models, spatial_shape, tile_shape, memory_budget: int, *, tta: bool) -> list:
+    """Member by member, each transform of the image with the grid `predict_tiled` uses."""
+    passes = []
+    for number, member in enumerate(models):
+        config = member.config
+        for symmetry in symmetries(config.ndim) if tta else (Symmetry(),):
+            _, _, shape = symmetry.apply_box(spatial_shape, spatial_shape, spatial_shape)
+            grid = plan_tiles(config, shape, tile_shape=tile_shape, memory_budget=memory_budget)
+            per_tile = max(estimate_tile_bytes(config, grid.tile_shape), 1)
+            batch_size = int(max(memory_budget // per_tile, 1))
+            passes.append(_Pass(number, symmetry, grid, batch_size))
+    return passes
 
 
 def _check_model(model: nn.Module) -> UNetConfig:

@@ -14,12 +14,13 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from biounet.inference.blockwise_normalization import Normalization
-from biounet.inference.blockwise_task import _ModelSpec
+from biounet.inference.blockwise_task import _ModelSpec, _Pass
 from biounet.inference.tiling import Tile, TileGrid
 
 # predict_blockwise's logger, as before the split, so existing logging set-ups still apply
@@ -148,18 +149,35 @@ def _tiles_per_block(grid: TileGrid, block_shape) -> dict[tuple[int, ...], list[
     return tiles
 
 
-def _signature(spec: _ModelSpec, grid: TileGrid, blocks, normalization: Normalization) -> dict:
-    """What must match for a finished block of an earlier run to be kept."""
+def _signature(
+    specs: Sequence[_ModelSpec],
+    passes: Sequence[_Pass],
+    blocks,
+    normalization: Normalization,
+    *,
+    tta: bool,
+) -> dict:
+    """What must match for a finished block of an earlier run to be kept.
+
+    One network without `tta` keeps the signature of earlier versions, so their
+    targets resume; an ensemble or `tta` adds every member and the flag.
+    """
     if callable(normalization):
         normalization = f"callable {getattr(normalization, '__qualname__', '?')}"
+    grid = passes[0].grid
     signature = {
-        "config": spec.config,
-        "weights_sha256": spec.digest,
+        "config": specs[0].config,
+        "weights_sha256": specs[0].digest,
         "image_shape": grid.image_shape,
         "tile_shape": grid.tile_shape,
         "block_shape": blocks,
         "normalization": normalization,
     }
+    if len(specs) > 1 or tta:
+        signature["members"] = [
+            {"config": spec.config, "weights_sha256": spec.digest} for spec in specs
+        ]
+        signature["tta"] = tta
     return json.loads(json.dumps(signature))  # tuples become lists, as stored
 
 

@@ -30,6 +30,7 @@ from biounet.inference.predict import (
     predict_batch,
 )
 from biounet.inference.tiling import Tile, TileGrid, read_window
+from biounet.inference.tta import Symmetry
 from biounet.model.unet import UNet
 
 
@@ -52,11 +53,12 @@ class _ModelSpec:
         return cls(config=config, state=state, digest=hasher.hexdigest())
 
 
-_MODEL_CACHE: dict[str, nn.Module] = {}  # one rebuilt network per process, by digest
+_MODEL_CACHE: dict[str, nn.Module] = {}  # rebuilt networks per process, by digest
 _MODEL_LOCK = threading.Lock()
 
 
-def _cached_model(spec: _ModelSpec) -> nn.Module:
+def _cached_model(spec: _ModelSpec, *, capacity: int = 1) -> nn.Module:
+    """The network of `spec`, rebuilt once per process; keeps the `capacity` latest."""
     with _MODEL_LOCK:
         model = _MODEL_CACHE.get(spec.digest)
         if model is None:
@@ -67,39 +69,67 @@ def _cached_model(spec: _ModelSpec) -> nn.Module:
             layout = torch.channels_last if model.config.ndim == 2 else torch.channels_last_3d
             # Fixed once here: toggling layout or mode per task would race between threads.
             model.eval().to(memory_format=layout)
-            _MODEL_CACHE.clear()
             _MODEL_CACHE[spec.digest] = model
+        # An ensemble's members stay side by side; an earlier run's networks go.
+        for digest in [key for key in _MODEL_CACHE if key != spec.digest]:
+            if len(_MODEL_CACHE) <= max(capacity, 1):
+                break
+            del _MODEL_CACHE[digest]
     return model
 
 
 @dataclasses.dataclass(frozen=True)
-class _BlockJob:
-    """Everything a block task needs; shared by all tasks of one run."""
+class _Pass:
+    """One prediction averaged into every block: a member on one transform of the image.
 
-    model: _ModelSpec
+    `grid` tiles the transformed image as `predict_tiled` tiles it in memory.
+    """
+
+    member: int
+    symmetry: Symmetry
+    grid: TileGrid
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockJob:
+    """Everything a block task needs; shared by all tasks of one run.
+
+    `grid` is the first member's grid on the image itself, which lays out the blocks;
+    `passes` lists, member by member, the predictions averaged: one per member, or the
+    8 symmetries of `biounet.inference.tta` each with `tta`.
+    """
+
+    models: tuple[_ModelSpec, ...]
+    passes: tuple[_Pass, ...]
+    tta: bool
     source: _SourceReference
     target: Any
     grid: TileGrid
     block_shape: tuple[int, ...]
-    batch_size: int
     normalizer: Callable[[np.ndarray], np.ndarray] | None
 
 
 def _predict_block(job: _BlockJob, index: tuple[int, ...], tiles: list[Tile]) -> tuple:
-    """Predict one output block from its tiles and write it; return its index."""
-    model = _cached_model(job.model)
-    config: UNetConfig = model.config  # type: ignore[assignment]
-    tile_shape = job.grid.tile_shape
+    """Predict one output block and write it; return its index.
+
+    `tiles` are the first member's tiles filling the block. With an ensemble or `tta`
+    the block averages its passes as `predict_ensemble` and `predict_tta` average whole
+    images: a member's 8 transforms in float64, then the members in float64.
+    """
     start = tuple(i * size for i, size in zip(index, job.block_shape))
     stop = tuple(
         min(s + size, n) for s, size, n in zip(start, job.block_shape, job.grid.image_shape)
     )
-    # One read of the union of the tiles' input windows instead of one per tile.
-    window_start = tuple(min(axis) for axis in zip(*(tile.input_start for tile in tiles)))
-    window_stop = tuple(
-        max(axis) + size
-        for axis, size in zip(zip(*(tile.input_start for tile in tiles)), tile_shape)
-    )
+    # Pass 0 is the first member on the image itself: its tiles are the ones given.
+    plans = [
+        _plan_pass(job, one, start, stop, tiles if number == 0 else None)
+        for number, one in enumerate(job.passes)
+    ]
+    # One read of the union of all passes' input windows, mirrored at the source's borders.
+    window_start = tuple(min(axis) for axis in zip(*(plan[0] for plan in plans)))
+    window_stop = tuple(max(axis) for axis in zip(*(plan[1] for plan in plans)))
+    config: UNetConfig = _cached_model(job.models[0], capacity=len(job.models)).config
     raw = read_window(
         job.source.open(), window_start, [b - a for a, b in zip(window_start, window_stop)]
     )
@@ -109,17 +139,76 @@ def _predict_block(job: _BlockJob, index: tuple[int, ...], tiles: list[Tile]) ->
         window = _finite_float32(job.normalizer(channels), name="normalised source")
     else:
         window = _normalized(as_network_input(raw, config, name="source"), job.normalizer)
-    output = np.empty((config.n_classes, *(b - a for a, b in zip(start, stop))), np.float32)
-    with inference_mode(model, channels_last=False):  # the cached model is channels-last
-        for first in range(0, len(tiles), job.batch_size):
-            batch = tiles[first : first + job.batch_size]
-            starts = [[a - b for a, b in zip(t.input_start, window_start)] for t in batch]
-            windows = np.stack([read_window(window, s, tile_shape) for s in starts])
-            probabilities = predict_batch(model, windows, channels_last=True)
-            for tile, tile_probabilities in zip(batch, probabilities):
-                _paste(output, start, stop, tile, tile_probabilities)
+    members: dict[int, np.ndarray] = {}
+    for one, (low, high, pass_tiles) in zip(job.passes, plans):
+        box = tuple(slice(a - w, b - w) for a, b, w in zip(low, high, window_start))
+        part = window[(slice(None), *box)]
+        probabilities = _predict_pass(job, one, part, low, pass_tiles, (start, stop))
+        if job.tta:
+            members.setdefault(one.member, np.zeros(probabilities.shape, np.float64))
+            members[one.member] += probabilities
+        else:
+            members[one.member] = probabilities
+    if job.tta:
+        per_symmetry = len(job.passes) // len(job.models)
+        members = {key: (total / per_symmetry).astype(np.float32) for key, total in members.items()}
+    if len(members) == 1:
+        output = members[0]
+    else:
+        total = members[0].astype(np.float64)
+        for member in range(1, len(members)):
+            total += members[member]
+        output = (total / len(members)).astype(np.float32)
     job.target[(slice(None), *(slice(a, b) for a, b in zip(start, stop)))] = output
     return index
+
+
+def _plan_pass(job: _BlockJob, one: _Pass, start, stop, tiles: list[Tile] | None) -> tuple:
+    """The pass's input box for the block, in image coordinates, and the tiles filling it."""
+    if tiles is None:
+        low, high, _ = one.symmetry.apply_box(start, stop, job.grid.image_shape)
+        tiles = one.grid.overlapping(low, high)
+    tile_shape = one.grid.tile_shape
+    window_start = tuple(min(axis) for axis in zip(*(tile.input_start for tile in tiles)))
+    window_stop = tuple(
+        max(axis) + size
+        for axis, size in zip(zip(*(tile.input_start for tile in tiles)), tile_shape)
+    )
+    image_start, image_stop, _ = one.symmetry.invert_box(
+        window_start, window_stop, one.grid.image_shape
+    )
+    return image_start, image_stop, tiles
+
+
+def _predict_pass(
+    job: _BlockJob, one: _Pass, window: np.ndarray, window_start, tiles, block
+) -> np.ndarray:
+    """One pass over the block (start, stop): (C, *block) float32, mapped back.
+
+    `window` is the (C, *spatial) normalised input from `window_start` on, in image
+    coordinates; it is transformed once and the pass's tiles are read from it.
+    """
+    start, stop = block
+    model = _cached_model(job.models[one.member], capacity=len(job.models))
+    transformed = np.ascontiguousarray(one.symmetry.apply(window))
+    low, high, _ = one.symmetry.apply_box(start, stop, job.grid.image_shape)
+    # where the window starts in the transformed image
+    origin, _, _ = one.symmetry.apply_box(
+        window_start, [a + n for a, n in zip(window_start, window.shape[1:])],
+        job.grid.image_shape,
+    )
+    n_classes = model.config.n_classes  # type: ignore[union-attr]
+    output = np.empty((n_classes, *(b - a for a, b in zip(low, high))), np.float32)
+    tile_shape = one.grid.tile_shape
+    with inference_mode(model, channels_last=False):  # the cached model is channels-last
+        for first in range(0, len(tiles), one.batch_size):
+            batch = tiles[first : first + one.batch_size]
+            starts = [[a - b for a, b in zip(t.input_start, origin)] for t in batch]
+            windows = np.stack([read_window(transformed, s, tile_shape) for s in starts])
+            probabilities = predict_batch(model, windows, channels_last=True)
+            for tile, tile_probabilities in zip(batch, probabilities):
+                _paste(output, low, high, tile, tile_probabilities)
+    return np.ascontiguousarray(one.symmetry.invert(output))
 
 
 def _paste(output: np.ndarray, start, stop, tile: Tile, probabilities: np.ndarray) -> None:

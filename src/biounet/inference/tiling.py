@@ -132,18 +132,43 @@ class TileGrid:
 
     def __iter__(self) -> Iterator[Tile]:
         for index in itertools.product(*(range(count) for count in self.counts)):
-            start = tuple(i * step for i, step in zip(index, self.step))
-            yield Tile(
-                input_start=tuple(s - margin for s, margin in zip(start, self.halo)),
-                output_start=start,
-                output_stop=tuple(
-                    min(s + step_size + self._overhang(axis, i), size)
-                    for axis, (s, i, step_size, size) in enumerate(
-                        zip(start, index, self.step, self.image_shape)
-                    )
-                ),
-                crop_start=self.crop,
-            )
+            yield self.tile(index)
+
+    def tile(self, index: Sequence[int]) -> Tile:
+        """Return the tile at grid position `index` (one count per axis, from 0)."""
+        start = tuple(i * step for i, step in zip(index, self.step))
+        return Tile(
+            input_start=tuple(s - margin for s, margin in zip(start, self.halo)),
+            output_start=start,
+            output_stop=tuple(
+                min(s + step_size + self._overhang(axis, i), size)
+                for axis, (s, i, step_size, size) in enumerate(
+                    zip(start, index, self.step, self.image_shape)
+                )
+            ),
+            crop_start=self.crop,
+        )
+
+    def overlapping(self, start: Sequence[int], stop: Sequence[int]) -> list[Tile]:
+        """Return the tiles whose output overlaps the box [start, stop), in grid order.
+
+        Computed per axis from the regular layout, so a block of a huge grid costs its
+        own tiles only.
+
+        Example:
+            >>> grid = make_tile_grid(UNetConfig(depth=1), (40, 40), (28, 28))
+            >>> grid.step
+            (12, 12)
+            >>> [tile.output_start for tile in grid.overlapping((0, 10), (5, 30))]
+            [(0, 0), (0, 12), (0, 24)]
+        """
+        ranges = []
+        for begin, end, step, count in zip(start, stop, self.step, self.counts):
+            if end <= begin:
+                return []
+            first, last = (min(position // step, count - 1) for position in (begin, end - 1))
+            ranges.append(range(first, last + 1))
+        return [self.tile(index) for index in itertools.product(*ranges)]
 
     def _overhang(self, axis: int, index: int) -> int:
         # The last tile along an axis fills all of its output, not just one step.

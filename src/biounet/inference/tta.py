@@ -11,6 +11,7 @@ often sampled more coarsely, is never rotated into Y or X. It costs 8 prediction
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,52 @@ class Symmetry:
         if self.flip_axes:
             array = np.flip(array, axis=self.flip_axes)
         return array
+
+    def _steps(self) -> list[int | None]:
+        # The transform as axis reversals (an axis) and Y/X swaps (None): numpy's
+        # rot90 by one quarter turn reverses X, then swaps Y and X.
+        turns = [-1, None] * (self.quarter_turns % 4)
+        return [*self.flip_axes, *turns]
+
+    def apply_box(
+        self, start: Sequence[int], stop: Sequence[int], shape: Sequence[int]
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Map the box [start, stop) of an image of spatial `shape` into the transformed image.
+
+        Returns the box's start and stop there and the transformed image's shape, so that
+        ``apply(image)[box']`` holds the pixels of ``image[box]``, transformed alike. The box
+        may reach past the image: mirroring about the borders commutes with the transform.
+
+        Example:
+            >>> Symmetry(quarter_turns=1).apply_box((0, 1), (2, 3), (4, 5))
+            ((2, 0), (4, 2), (5, 4))
+        """
+        start, stop, shape = list(start), list(stop), list(shape)
+        for step in self._steps():
+            _box_step(step, start, stop, shape)
+        return tuple(start), tuple(stop), tuple(shape)
+
+    def invert_box(
+        self, start: Sequence[int], stop: Sequence[int], shape: Sequence[int]
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Map a box of the transformed image (of spatial `shape`) back: `apply_box` undone.
+
+        Example:
+            >>> Symmetry(quarter_turns=1).invert_box((2, 0), (4, 2), (5, 4))
+            ((0, 1), (2, 3), (4, 5))
+        """
+        start, stop, shape = list(start), list(stop), list(shape)
+        for step in reversed(self._steps()):
+            _box_step(step, start, stop, shape)  # each step is its own inverse
+        return tuple(start), tuple(stop), tuple(shape)
+
+
+def _box_step(step: int | None, start: list, stop: list, shape: list) -> None:
+    if step is None:
+        for values in (start, stop, shape):
+            values[-2], values[-1] = values[-1], values[-2]
+    else:
+        start[step], stop[step] = shape[step] - stop[step], shape[step] - start[step]
 
 
 def symmetries(ndim: int) -> tuple[Symmetry, ...]:
