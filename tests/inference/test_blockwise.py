@@ -341,11 +341,24 @@ def test_non_finite_source_is_refused_before_the_target_exists(rng, tmp_path):
     image = rng.random((150, 170), dtype=np.float32)
     image[120, 7] = np.nan
     image[140, 160] = np.inf
-    for normalization in ("percentile", "zscore"):
+    for normalization in ("percentile", "zscore", None):
         target = tmp_path / f"{normalization}.zarr"
         one_line_error(ValueError, r"NaN or infinite values, the first at \(120, 7\)",
                        predict_blockwise, model, image, target, normalization=normalization)
         assert not target.exists()
+
+
+def test_float64_beyond_float32_is_refused_unnormalised_before_the_target_exists(rng, tmp_path):
+    model = make_model()
+    image = rng.random((150, 170))
+    image[30, 140] = -1e39  # float32 would make it -inf
+    target = tmp_path / "out.zarr"
+    one_line_error(ValueError, r"beyond float32's range, the first at \(30, 140\).*'percentile'",
+                   predict_blockwise, model, image, target)
+    assert not target.exists()
+    image[30, 140] = -3e38  # float32 holds it
+    predict_blockwise(model, image, target, tile_shape=(76, 92))
+    assert np.isfinite(zarr.open_array(str(target))[...]).all()
 
 
 def test_finished_resumed_run_reads_no_statistics(rng, tmp_path, monkeypatch):

@@ -44,9 +44,15 @@ def _check_normalization(normalization: Normalization) -> None:
 
 
 def _make_normalizer(normalization: Normalization, opened, spatial_shape, executor):
-    """Return a per-window function applying `normalization` with whole-image statistics."""
-    if normalization is None or callable(normalization):
+    """Return a per-window function applying `normalization` with whole-image statistics.
+
+    A float source fed as it is (None) is read once to refuse NaN, infinity and values
+    float32 cannot hold, which would otherwise fail a block after the target exists.
+    """
+    if callable(normalization):
         return normalization
+    if normalization is None and np.dtype(opened.array.dtype).kind != "f":
+        return None
     # statistics need no tile alignment: cubes of at most 4 Mpx and 32 MiB of source data
     shape = opened.array.shape
     n_channels = shape[0] if len(shape) > len(spatial_shape) else 1
@@ -57,6 +63,10 @@ def _make_normalizer(normalization: Normalization, opened, spatial_shape, execut
         tuple(slice(i * side, (i + 1) * side) for i in index)
         for index in itertools.product(*(range(-(-extent // side)) for extent in spatial_shape))
     ]
+    if normalization is None:
+        arguments = [(region,) for region in regions]
+        _gathered(executor, _region_check, opened, arguments, reduce=lambda *_: None)
+        return None
     if normalization == "percentile":
         return _percentile_affine(opened, regions, executor)
     parts = _gathered(executor, _region_moments, opened, [(region,) for region in regions])
@@ -93,19 +103,38 @@ def _region_moments(source: _SourceReference, region) -> np.ndarray:
     return np.stack([np.full_like(means, values.shape[1]), means, squares], axis=1)
 
 
-def _region_values(source: _SourceReference, region) -> np.ndarray:
-    """The region's values as (channels, pixels), refusing NaN and infinity."""
+def _region_check(source: _SourceReference, region) -> None:
+    """Refuse values the network cannot take as they are: not finite, or beyond float32."""
     block = np.asarray(source.open()[(Ellipsis, *region)])
+    values = _region_values(source, region, block=block)
+    too_large = np.abs(values) > np.finfo(np.float32).max
+    if values.dtype.itemsize > 4 and too_large.any():
+        position = _first_position(too_large, block, region)
+        raise ValueError(
+            f"source has values beyond float32's range, the first at {position}; pass a "
+            "normalisation ('percentile' or 'zscore') or rescale the source"
+        )
+
+
+def _region_values(source: _SourceReference, region, *, block=None) -> np.ndarray:
+    """The region's values as (channels, pixels), refusing NaN and infinity."""
+    if block is None:
+        block = np.asarray(source.open()[(Ellipsis, *region)])
     values = block.reshape(block.shape[0] if block.ndim > len(region) else 1, -1)
     if values.dtype.kind == "f" and not np.isfinite(values).all():
-        first = int(np.flatnonzero(~np.isfinite(values))[0]) % values.shape[1]
-        where = np.unravel_index(first, block.shape[-len(region) :])
-        position = tuple(int(part.start + offset) for part, offset in zip(region, where))
+        position = _first_position(~np.isfinite(values), block, region)
         raise ValueError(
-            f"source has NaN or infinite values, the first at {position}; normalisation "
+            f"source has NaN or infinite values, the first at {position}; prediction "
             "needs finite values"
         )
     return values
+
+
+def _first_position(mask: np.ndarray, block: np.ndarray, region) -> tuple[int, ...]:
+    """Image coordinates of the first pixel flagged in the (channels, pixels) `mask`."""
+    first = int(np.flatnonzero(mask)[0]) % mask.shape[1]
+    where = np.unravel_index(first, block.shape[-len(region) :])
+    return tuple(int(part.start + offset) for part, offset in zip(region, where))
 
 
 def _percentile_affine(opened, regions, executor) -> _Affine:
