@@ -292,6 +292,12 @@ def test_statistics_hold_a_bounded_batch_of_region_results(rng, monkeypatch):
     assert max(batches) == module._BATCH and sum(batches) == 2 * 12 * 11  # two passes
     bottom = np.percentile(image, [1.0], axis=(1, 2))[0]  # the slow, obvious way
     np.testing.assert_array_equal(normalizer.offset, bottom.astype(np.float32))
+    # a cluster of 30 threads gets 60 regions at a time, not 16
+    batches.clear()
+    monkeypatch.setattr(type(executor), "parallelism", property(lambda self: 30))
+    again = _make_normalizer("percentile", _open_source(image), (117, 109), executor)
+    assert max(batches) == 60 and sum(batches) == 2 * 12 * 11
+    np.testing.assert_array_equal(again.offset, normalizer.offset)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16])

@@ -38,10 +38,18 @@ class _LocalExecutor:
             if key in keys and on_result is not None:
                 on_result(result)
 
-        # One block at a time unless configured: torch already spreads one over every core.
-        n_workers = dask.config.get("num_workers", None) or 1
         with Callback(posttask=posttask):
-            return list(dask.compute(*tasks, scheduler=self.scheduler, num_workers=n_workers))
+            return list(
+                dask.compute(*tasks, scheduler=self.scheduler, num_workers=self.parallelism)
+            )
+
+    @property
+    def parallelism(self) -> int:
+        """Tasks run at once: one block at a time unless dask's `num_workers` is set, as
+        torch already spreads one block over every core."""
+        import dask
+
+        return int(dask.config.get("num_workers", None) or 1)
 
     def close(self) -> None:
         pass
@@ -77,6 +85,11 @@ class _DistributedExecutor:
             self.client.cancel(futures)
             raise
         return results
+
+    @property
+    def parallelism(self) -> int:
+        """Tasks the cluster runs at once: its workers' threads, now."""
+        return max(sum(self.client.nthreads().values()), 1)
 
     def close(self) -> None:
         if self.owns_client:

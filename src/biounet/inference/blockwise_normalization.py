@@ -76,15 +76,16 @@ def _make_normalizer(normalization: Normalization, opened, spatial_shape, execut
 def _gathered(executor, function, opened, arguments, *, reduce=None):
     """Run `function` on every argument tuple in batches; sum the results if `reduce`.
 
-    Batches bound what is held at once: with `reduce`, _BATCH results, whatever the
-    image size.
+    Batches bound what is held at once: with `reduce`, _BATCH results, or two per
+    thread of a larger cluster so that every thread has work, whatever the image size.
     """
     results, total = [], None
-    for first in range(0, len(arguments), _BATCH):
+    size = max(_BATCH, 2 * executor.parallelism)
+    for first in range(0, len(arguments), size):
         batch = executor.map(
             function,
             opened.reference(),
-            arguments[first : first + _BATCH],
+            arguments[first : first + size],
             name="biounet-statistics",
         )
         if reduce is None:
