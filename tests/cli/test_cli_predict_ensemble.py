@@ -97,3 +97,50 @@ def test_members_of_other_classes_into_zarr_exit_2_naming_the_files(
     assert code == 2 and len(error.splitlines()) == 1
     assert f"--model {three_classes} has n_classes=3 but --model {two_classes} has 2" in error
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_an_interrupted_tta_ensemble_resumes_to_the_folder_output(tmp_path, rng, monkeypatch):
+    import zarr
+
+    from biounet.inference import blockwise
+
+    image_file = tmp_path / "cells.tif"
+    tifffile.imwrite(image_file, rng.integers(0, 4000, (150, 170), dtype=np.uint16))
+    _, first = _model_file(tmp_path / "a.safetensors", 0)
+    _, second = _model_file(tmp_path / "b.safetensors", 1, depth=3)
+    common = ["--model", str(first), "--model", str(second), str(image_file), "--quiet", "--tta"]
+    common += ["--memory-budget", "0.003"]  # tiles smaller than the image, chosen per pass
+    assert main(["predict", *common, "--out", str(tmp_path / "out"), "--save-probabilities"]) == 0
+    original, calls = blockwise._predict_block, []
+
+    def interrupted_at_third(job, index, tiles):
+        calls.append(index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(job, index, tiles)
+
+    monkeypatch.setattr(blockwise, "_predict_block", interrupted_at_third)
+    out = ["--out", str(tmp_path / "out.zarr")]
+    assert main(["predict", *common, *out, "--block-shape", "32", "32", "--scheduler", "synchronous"]) == 130
+    calls.clear()
+    monkeypatch.setattr(blockwise, "_predict_block", lambda *a: calls.append(a[1]) or original(*a))
+    # the tiles of both members and all 8 transforms come back from the budget, as before
+    assert main(["predict", *common, *out, "--resume"]) == 0
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert len(calls) == len(dict(group["0"].attrs)[blockwise.RECORD_KEY]["done"]) - 2
+    expected = tifffile.imread(tmp_path / "out" / "cells_probabilities.tif")
+    np.testing.assert_allclose(group["0"][...], expected, rtol=0, atol=2e-6)
+    calls.clear()
+    assert main(["predict", *common, *out, "--resume"]) == 0 and calls == []
+
+
+def test_a_tile_shape_one_member_refuses_names_it(tmp_path, image_file, capsys):
+    _, first = _model_file(tmp_path / "a.safetensors", 0)
+    _, second = _model_file(tmp_path / "b.safetensors", 1, depth=3)
+    for out in ("out", "out.zarr"):
+        code = main(["predict", "--model", str(first), "--model", str(second), str(image_file),
+                     "--out", str(tmp_path / out), "--quiet", "--tile-shape", "76", "92"])
+        error = capsys.readouterr().err.strip()
+        assert code == 2 and len(error.splitlines()) == 1
+        assert f"--tile-shape for --model {second}: tile_shape (76, 92) is not a valid" in error
+        assert not (tmp_path / out).exists() or not any((tmp_path / out).iterdir())

@@ -89,20 +89,69 @@ def test_members_stay_cached_side_by_side(rng, tmp_path, monkeypatch):
     assert len(blockwise._MODEL_CACHE) == 1  # an earlier run's members are dropped
 
 
-def test_resume_tells_tta_and_members_apart(rng, tmp_path):
-    first, second = make_model(0), make_model(1)
+def test_resume_tells_tta_members_and_their_tiles_apart(rng, tmp_path):
+    first, second, third = make_model(0), make_model(1), make_model(2)
     image = rng.random((100, 120), dtype=np.float32)
     target = tmp_path / "out.zarr"
-    predict_blockwise(first, image, target, tile_shape=(76, 92))
+    tiles = {"tile_shape": (76, 92)}
+
+    def refused(differing, model, **options):
+        with pytest.raises(ValueError, match=rf"differing in \[{differing}\]\); pass"):
+            predict_blockwise(model, image, target, **{**tiles, **options})
+
+    predict_blockwise(first, image, target, **tiles)
     signature = dict(zarr.open_array(str(target)).attrs)[RECORD_KEY]["signature"]
-    assert "members" not in signature and "tta" not in signature  # earlier targets resume
-    with pytest.raises(ValueError, match=r"differing in \['members', 'tta'\]"):
-        predict_blockwise(first, image, target, tile_shape=(76, 92), tta=True)
-    predict_blockwise([first, second], image, target, tile_shape=(76, 92), resume=False)
-    with pytest.raises(ValueError, match=r"differing in \['members', 'weights_sha256'\]"):
-        predict_blockwise([second, first], image, target, tile_shape=(76, 92))
-    with pytest.raises(ValueError, match=r"differing in \['tta'\]"):
-        predict_blockwise([first, second], image, target, tile_shape=(76, 92), tta=True)
+    assert not {"members", "tta", "tile_shapes"} & set(signature)  # earlier targets resume
+    refused("'tile_shapes', 'tta'", first, tta=True)
+    predict_blockwise([first, second], image, target, resume=False, **tiles)
+    refused("'members'", [first, third])  # a later member counts, not just the first
+    refused("'members', 'weights_sha256'", [second, first])
+    refused("'tile_shapes', 'tta'", [first, second], tta=True)
+    refused("'members', 'tile_shapes'", first)  # keys only the target has count too
+
+
+def test_resume_tells_the_tiles_of_later_members_apart(rng, tmp_path):
+    # same-padded members: the budget picks the second member's tile alone
+    members = [make_model(0, padding="same"), make_model(1, padding="same", base_channels=8)]
+    image = rng.random((150, 170), dtype=np.float32)
+    target = tmp_path / "out.zarr"
+    predict_blockwise(members, image, target, memory_budget=9_000_000)
+    grids = dict(zarr.open_array(str(target)).attrs)[RECORD_KEY]["signature"]["tile_shapes"]
+    with pytest.raises(ValueError, match=r"differing in \['tile_shapes'\]\) \(tiles follow"):
+        predict_blockwise(members, image, target, memory_budget=15_000_000)
+    again = predict_blockwise(members, image, target, memory_budget=15_000_000, resume=False)
+    assert dict(again.attrs)[RECORD_KEY]["signature"]["tile_shapes"][1] != grids[1]
+    assert dict(again.attrs)[RECORD_KEY]["signature"]["tile_shapes"][0] == grids[0]
+
+
+@pytest.mark.parametrize("models", ["tta", "ensemble"])
+def test_interrupted_tta_and_ensembles_resume_to_the_in_memory_result(models, rng, tmp_path, monkeypatch):
+    first, second = make_model(0), make_model(1, depth=3, base_channels=3)
+    image = rng.random((150, 200), dtype=np.float32)
+    model, tta = (first, True) if models == "tta" else ([first, second], False)
+    options = {"tile_shape": (132, 140), "block_shape": (48, 48), "tta": tta,
+               "scheduler": "synchronous"}
+    original, calls = blockwise._predict_block, []
+
+    def interrupted_at_third(job, index, tiles):
+        calls.append(index)
+        if len(calls) == 3:
+            raise RuntimeError("interrupted")
+        return original(job, index, tiles)
+
+    monkeypatch.setattr(blockwise, "_predict_block", interrupted_at_third)
+    target = tmp_path / "out.zarr"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        predict_blockwise(model, image, target, **options)
+    calls.clear()
+    monkeypatch.setattr(blockwise, "_predict_block", lambda *a: calls.append(a[1]) or original(*a))
+    output = predict_blockwise(model, image, target, **options)
+    n_blocks = len(dict(output.attrs)[RECORD_KEY]["done"])
+    assert n_blocks == 4 and len(calls) == n_blocks - 2
+    in_memory = {"tile_shape": (132, 140)}
+    expected = (predict_tta(first, image, **in_memory) if tta
+                else predict_ensemble([first, second], image, **in_memory))
+    np.testing.assert_allclose(output[...], expected, rtol=0, atol=1e-6)
 
 
 def test_bad_ensembles_are_refused_before_the_target_exists(rng, tmp_path):
@@ -117,3 +166,4 @@ def test_bad_ensembles_are_refused_before_the_target_exists(rng, tmp_path):
     with pytest.raises(ValueError, match="tile_shape"):  # valid for depth 2, not depth 3
         predict_blockwise([make_model(), make_model(depth=3)], image, target, tile_shape=(76, 92))
     assert not target.exists()
+    assert predict_blockwise(make_model(), image, target, tta=np.bool_(True)).shape == (2, 60, 60)

@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{flag} needs {ndim} values for this {ndim}-D model, got {values}"
             )
+    for path, model in zip(args.model, models):
+        check_tile_shape(args.tile_shape, model.config, path)
     tile_shape = args.tile_shape or (_recorded_tile_shape(target / IMAGE_PATH) if resume else None)
     probabilities = predict_blockwise(
         models[0] if len(models) == 1 else models,
@@ -105,6 +107,18 @@ def run(args: argparse.Namespace) -> int:
     )
     _finish_group(target, probabilities)
     return 0
+
+
+def check_tile_shape(tile_shape, config, model_path: str) -> None:
+    """Refuse a --tile-shape that the network of --model `model_path` cannot take."""
+    from biounet.inference.tiling import make_tile_grid
+
+    if tile_shape is None:
+        return
+    try:
+        make_tile_grid(config, tile_shape, tile_shape)
+    except ValueError as error:
+        raise ValueError(f"--tile-shape for --model {model_path}: {error}") from None
 
 
 def _check_arguments(args: argparse.Namespace) -> str:
@@ -182,7 +196,11 @@ def _is_prediction_group(target: Path) -> bool:
 
 
 def _recorded_tile_shape(level: Path) -> list[int] | None:
-    """The tile shape an interrupted run used, so --resume needs no --tile-shape again."""
+    """The tile shape an interrupted run used, so --resume needs no --tile-shape again.
+
+    An ensemble or --tta run records one per member and transform; unless they are all
+    one (a given --tile-shape), None lets the budget choose them again, as the first run did.
+    """
     import zarr
 
     from biounet.inference.blockwise import RECORD_KEY
@@ -191,7 +209,11 @@ def _recorded_tile_shape(level: Path) -> list[int] | None:
         record = dict(zarr.open_array(str(level), mode="r").attrs).get(RECORD_KEY) or {}
     except Exception:  # no readable level 0 yet: nothing to resume from
         return None
-    return record.get("signature", {}).get("tile_shape")
+    signature = record.get("signature", {})
+    tile_shape = signature.get("tile_shape")
+    if any(shape != tile_shape for shape in signature.get("tile_shapes", [])):
+        return None
+    return tile_shape
 
 
 def _finish_group(target: Path, probabilities) -> None:

@@ -6,7 +6,10 @@ tile sits where the in-memory prediction puts it, with its origin a multiple of
 2**depth in global coordinates, and the result equals `predict_tiled` on the whole
 image (Ronneberger et al. 2015, Fig. 2). Each block reads its input window straight
 from the source, mirrored at the source's borders by `read_window`, so a worker holds
-one block, never the image.
+one block, never the image. An ensemble, or test-time augmentation, adds passes: each
+member on each flip/rotation of the image keeps the grid `predict_tiled` gives that
+transformed image, and a block predicts the tiles of every pass that overlap it, so
+the result equals `predict_ensemble` / `predict_tta` too.
 
 Tasks run on dask: the local threaded scheduler by default, or a `dask.distributed`
 cluster. Workers get the network as its config and weights and rebuild it once per
@@ -27,6 +30,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 from torch import nn
 
 # The `name as name` imports re-export what the CLI, tests and benchmarks import from here.
@@ -125,8 +129,9 @@ def predict_blockwise(
     """
     models = _check_models(model)
     config = models[0].config
-    if not isinstance(tta, bool):
+    if not isinstance(tta, (bool, np.bool_)):
         raise TypeError(f"tta must be true or false, got {tta!r}")
+    tta = bool(tta)
     opened = _open_source(source)
     try:
         _check_source(opened.array, config)

@@ -160,7 +160,8 @@ def _signature(
     """What must match for a finished block of an earlier run to be kept.
 
     One network without `tta` keeps the signature of earlier versions, so their
-    targets resume; an ensemble or `tta` adds every member and the flag.
+    targets resume; an ensemble adds every member, `tta` says so, and either adds the
+    tile shape of every pass (member by member, transform by transform).
     """
     if callable(normalization):
         normalization = f"callable {getattr(normalization, '__qualname__', '?')}"
@@ -173,11 +174,14 @@ def _signature(
         "block_shape": blocks,
         "normalization": normalization,
     }
-    if len(specs) > 1 or tta:
+    if len(specs) > 1:
         signature["members"] = [
             {"config": spec.config, "weights_sha256": spec.digest} for spec in specs
         ]
-        signature["tta"] = tta
+    if tta:
+        signature["tta"] = True
+    if len(passes) > 1:
+        signature["tile_shapes"] = [one.grid.tile_shape for one in passes]
     return json.loads(json.dumps(signature))  # tuples become lists, as stored
 
 
@@ -192,11 +196,15 @@ class _Record:
         stored = dict(array.attrs).get(RECORD_KEY) if resume else None
         if stored is not None and stored.get("signature") != signature:
             old = stored.get("signature") or {}
-            differing = sorted(key for key in signature if old.get(key) != signature[key])
+            keys = set(signature) | set(old)
+            differing = sorted(key for key in keys if old.get(key) != signature.get(key))
+            hint = ""
+            if set(differing) <= {"tile_shape", "tile_shapes"}:
+                hint = " (tiles follow the memory budget: give the first run's budget or tiles)"
             raise ValueError(
-                f"target holds blocks of another prediction (differing in {differing}); pass "
-                "resume=False (biounet predict --overwrite) to start over, or choose another "
-                "target"
+                f"target holds blocks of another prediction (differing in {differing}){hint}; "
+                "pass resume=False (biounet predict --overwrite) to start over, or choose "
+                "another target"
             )
         self.done: set[int] = set(stored["done"]) if stored is not None else set()
         self.flush()

@@ -1,9 +1,11 @@
 """One task of `predict_blockwise`: predict an output block from its tiles and write it.
 
-The network travels to the workers as its config and CPU weights (`_ModelSpec`) and
-is rebuilt once per process. A block reads the union of its tiles' input windows in
-one go, mirrored at the source's borders by `read_window`, predicts the tiles in
-batches and writes the block to the target once it is complete.
+Every network travels to the workers as its config and CPU weights (`_ModelSpec`) and
+is rebuilt once per process. A block reads the union of the input windows of all its
+passes' tiles in one go, mirrored at the source's borders by `read_window`; each pass
+(a member on one flip/rotation of the image, `_Pass`) transforms its part, predicts
+its tiles in batches and maps its output back; the block averages the passes and is
+written to the target once it is complete.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def _predict_block(job: _BlockJob, index: tuple[int, ...], tiles: list[Tile]) ->
     # One read of the union of all passes' input windows, mirrored at the source's borders.
     window_start = tuple(min(axis) for axis in zip(*(plan[0] for plan in plans)))
     window_stop = tuple(max(axis) for axis in zip(*(plan[1] for plan in plans)))
-    config: UNetConfig = _cached_model(job.models[0], capacity=len(job.models)).config
+    config = UNetConfig.from_dict(job.models[0].config)  # of all members: they share input
     raw = read_window(
         job.source.open(), window_start, [b - a for a, b in zip(window_start, window_stop)]
     )
