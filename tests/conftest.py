@@ -40,3 +40,38 @@ def model_file(tiny_unet, tmp_path):
     from biounet.weightfile import save_model
 
     return save_model(tiny_unet, tmp_path / "model.safetensors")
+
+
+
+class BlockCalls:
+    """The blocks `predict_blockwise` predicted, in order; `interrupt_at(n)` makes the n-th
+    of the next ones raise instead, as a crash or Ctrl-C would."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.at: int | None = None
+        self.error: type[BaseException] = KeyboardInterrupt
+
+    def interrupt_at(self, number: int, error: type[BaseException] = KeyboardInterrupt) -> None:
+        self.calls.clear()
+        self.at, self.error = number, error
+
+    def record_only(self) -> None:
+        self.calls.clear()
+        self.at = None
+
+
+@pytest.fixture
+def block_calls(monkeypatch) -> BlockCalls:
+    from biounet.inference import blockwise
+
+    original, record = blockwise._predict_block, BlockCalls()
+
+    def recorded(job, index, tiles):
+        record.calls.append(index)
+        if len(record.calls) == record.at:
+            raise record.error
+        return original(job, index, tiles)
+
+    monkeypatch.setattr(blockwise, "_predict_block", recorded)
+    return record

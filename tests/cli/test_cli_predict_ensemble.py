@@ -99,7 +99,7 @@ def test_members_of_other_classes_into_zarr_exit_2_naming_the_files(
     assert not (tmp_path / "out.zarr").exists()
 
 
-def test_an_interrupted_tta_ensemble_resumes_to_the_folder_output(tmp_path, rng, monkeypatch):
+def test_an_interrupted_tta_ensemble_resumes_to_the_folder_output(tmp_path, rng, block_calls):
     import zarr
 
     from biounet.inference import blockwise
@@ -111,26 +111,18 @@ def test_an_interrupted_tta_ensemble_resumes_to_the_folder_output(tmp_path, rng,
     common = ["--model", str(first), "--model", str(second), str(image_file), "--quiet", "--tta"]
     common += ["--memory-budget", "0.003"]  # tiles smaller than the image, chosen per pass
     assert main(["predict", *common, "--out", str(tmp_path / "out"), "--save-probabilities"]) == 0
-    original, calls = blockwise._predict_block, []
-
-    def interrupted_at_third(job, index, tiles):
-        calls.append(index)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(job, index, tiles)
-
-    monkeypatch.setattr(blockwise, "_predict_block", interrupted_at_third)
+    block_calls.interrupt_at(3)
     out = ["--out", str(tmp_path / "out.zarr")]
     assert main(["predict", *common, *out, "--block-shape", "32", "32", "--scheduler", "synchronous"]) == 130
-    calls.clear()
-    monkeypatch.setattr(blockwise, "_predict_block", lambda *a: calls.append(a[1]) or original(*a))
+    block_calls.record_only()
+    calls = block_calls.calls
     # the tiles of both members and all 8 transforms come back from the budget, as before
     assert main(["predict", *common, *out, "--resume"]) == 0
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     assert len(calls) == len(dict(group["0"].attrs)[blockwise.RECORD_KEY]["done"]) - 2
     expected = tifffile.imread(tmp_path / "out" / "cells_probabilities.tif")
     np.testing.assert_allclose(group["0"][...], expected, rtol=0, atol=2e-6)
-    calls.clear()
+    block_calls.record_only()
     assert main(["predict", *common, *out, "--resume"]) == 0 and calls == []
 
 

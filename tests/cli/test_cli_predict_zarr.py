@@ -105,18 +105,10 @@ def test_tiff_into_zarr_is_read_lazily_and_equals_predict_tiled(tiny_unet, model
     )
 
 
-def test_interrupted_run_resumes_skipping_finished_blocks(tiny_unet, model_file, image, tmp_path, monkeypatch, capsys):
+def test_interrupted_run_resumes_skipping_finished_blocks(tiny_unet, model_file, image, tmp_path, block_calls, capsys):
     source = write_zarr(tmp_path / "image.zarr", image)
     out = tmp_path / "out.zarr"
-    original, calls = blockwise._predict_block, []
-
-    def interrupted_at_third(job, index, tiles):
-        calls.append(index)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(job, index, tiles)
-
-    monkeypatch.setattr(blockwise, "_predict_block", interrupted_at_third)
+    block_calls.interrupt_at(3)
     assert predict(model_file, source, out, *BLOCKS, "--scheduler", "synchronous") == 130
     done = dict(zarr.open_array(str(out / "0")).attrs)[blockwise.RECORD_KEY]["done"]
     assert len(done) == 2
@@ -124,8 +116,8 @@ def test_interrupted_run_resumes_skipping_finished_blocks(tiny_unet, model_file,
     assert predict(model_file, source, out, *BLOCKS) == 2
     assert "--resume" in capsys.readouterr().err
 
-    calls.clear()
-    monkeypatch.setattr(blockwise, "_predict_block", lambda *a: calls.append(a[1]) or original(*a))
+    block_calls.record_only()
+    calls = block_calls.calls
     # --resume takes the tile and block shapes from the interrupted run
     assert main(["predict", "--model", str(model_file), str(source), "--out", str(out), "--quiet", "--resume"]) == 0
     assert len(calls) == 9 - 2

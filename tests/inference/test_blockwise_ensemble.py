@@ -125,26 +125,18 @@ def test_resume_tells_the_tiles_of_later_members_apart(rng, tmp_path):
 
 
 @pytest.mark.parametrize("models", ["tta", "ensemble"])
-def test_interrupted_tta_and_ensembles_resume_to_the_in_memory_result(models, rng, tmp_path, monkeypatch):
+def test_interrupted_tta_and_ensembles_resume_to_the_in_memory_result(models, rng, tmp_path, block_calls):
     first, second = make_model(0), make_model(1, depth=3, base_channels=3)
     image = rng.random((150, 200), dtype=np.float32)
     model, tta = (first, True) if models == "tta" else ([first, second], False)
     options = {"tile_shape": (132, 140), "block_shape": (48, 48), "tta": tta,
                "scheduler": "synchronous"}
-    original, calls = blockwise._predict_block, []
-
-    def interrupted_at_third(job, index, tiles):
-        calls.append(index)
-        if len(calls) == 3:
-            raise RuntimeError("interrupted")
-        return original(job, index, tiles)
-
-    monkeypatch.setattr(blockwise, "_predict_block", interrupted_at_third)
+    block_calls.interrupt_at(3, RuntimeError)
     target = tmp_path / "out.zarr"
-    with pytest.raises(RuntimeError, match="interrupted"):
+    with pytest.raises(RuntimeError):
         predict_blockwise(model, image, target, **options)
-    calls.clear()
-    monkeypatch.setattr(blockwise, "_predict_block", lambda *a: calls.append(a[1]) or original(*a))
+    block_calls.record_only()
+    calls = block_calls.calls
     output = predict_blockwise(model, image, target, **options)
     n_blocks = len(dict(output.attrs)[RECORD_KEY]["done"])
     assert n_blocks == 4 and len(calls) == n_blocks - 2
