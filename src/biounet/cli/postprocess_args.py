@@ -14,11 +14,16 @@ SEEDS = ("distance", "probability", "interior")
 
 
 def add_postprocess_arguments(
-    parser: argparse.ArgumentParser, *, used_by: str, with_interior: bool = True
+    parser: argparse.ArgumentParser,
+    *,
+    used_by: str,
+    with_interior: bool = True,
+    spacing_default: str = "1 on every axis",
 ) -> None:
     """Add --threshold, --min-size, --no-watershed, --seeds and --spacing; `used_by` says when.
 
-    `with_interior`: offer interior seeds (only a command with the model has them)."""
+    `with_interior`: offer interior seeds (only a command with the model has them).
+    `spacing_default`: what --spacing is when not given, for its help."""
     group = parser.add_argument_group(f"post-processing ({used_by})")
     group.add_argument(
         "--threshold",
@@ -61,7 +66,7 @@ def add_postprocess_arguments(
         nargs="+",
         metavar="S",
         help="pixel (voxel) size per axis in units of the in-plane pixel, for the distance "
-        "seeds of anisotropic volumes, e.g. --spacing 8 1 1 (default: 1 on every axis)",
+        f"seeds of anisotropic volumes, e.g. --spacing 8 1 1 (default: {spacing_default})",
     )
 
 

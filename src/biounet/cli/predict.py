@@ -116,7 +116,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write <name>_closed.tif: the foreground probability with 0 on one-pixel "
         "watershed lines between the interiors, closing membrane gaps (EM, ISBI 2012)",
     )
-    add_postprocess_arguments(parser, used_by="with --instances")
+    add_postprocess_arguments(
+        parser,
+        used_by="with --instances",
+        spacing_default="for a 3-D network the voxel size its TIFF states, else 1",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--tta",

@@ -32,6 +32,30 @@ def _remove_stale_outputs(out: Path, path: Path, args: argparse.Namespace) -> No
             logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
 
 
+def _with_file_spacing(postprocess, probabilities, path: Path, args, config):
+    """Without --spacing, a 3-D network's distance seeds measure the volume in the voxel
+    size its TIFF states (ImageJ spacing, OME PhysicalSizeZ), as nnU-Net reads it."""
+    import dataclasses
+    import logging
+
+    from biounet.data.io import read_calibration, voxel_spacing
+    from biounet.postprocess import PostprocessConfig
+
+    postprocess = postprocess or PostprocessConfig()
+    is_volume = config.ndim == 3 and probabilities.ndim == 4
+    uses_distance = postprocess.watershed and postprocess.seeds == "distance"
+    if args.spacing is not None or not (is_volume and uses_distance):
+        return postprocess
+    spacing = voxel_spacing(read_calibration(path))
+    if spacing is None:
+        return postprocess
+    logging.getLogger(__name__).info(
+        "%s: distance seeds with --spacing %s from its calibration (pass --spacing to "
+        "override)", path, " ".join(f"{size:g}" for size in spacing)
+    )
+    return dataclasses.replace(postprocess, spacing=spacing)
+
+
 def _instances(probabilities: np.ndarray, config, postprocess) -> np.ndarray:
     """Object ids of (C, ...) probabilities; the pages of a 2-D network's stack are
     segmented one by one and numbered on, so every id names one object in the stack."""
@@ -92,6 +116,7 @@ def predict_file(
         write(files["probabilities"], probabilities, classes_first=True)
     _remove_stale_outputs(out, path, args)
     if args.instances:
+        postprocess = _with_file_spacing(postprocess, probabilities, path, args, config)
         write(files["instances"], _instances(probabilities, config, postprocess))
     if args.close_boundaries:
         write(files["closed"], _closed(foreground))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -319,6 +320,27 @@ class Calibration:
     unit: str | None = None
     spacing: float | None = None
 
+
+
+def voxel_spacing(calibration: Calibration | None) -> tuple[float, float, float] | None:
+    """A volume's (Z, Y, X) voxel size in X pixels, from its calibration, or None.
+
+    The form `PostprocessConfig.spacing` takes: (8, 1, 1) for 40 nm sections of 5 nm
+    pixels. None unless the Z step and both pixel sizes are stated in one unit (ImageJ's
+    or OME's, with the resolution tags in "no unit") and the voxel is not a cube.
+
+    Example:
+        >>> voxel_spacing(Calibration(resolution=(200.0, 200.0), resolution_unit=1,
+        ...                           unit="um", spacing=0.04))
+        (8.0, 1.0, 1.0)
+    """
+    if calibration is None or calibration.resolution is None or calibration.spacing is None:
+        return None
+    if calibration.resolution_unit not in (None, 1):  # X and Y in inch or cm, Z in `unit`
+        return None
+    x_size, y_size = (1.0 / pixels for pixels in calibration.resolution)
+    spacing = (calibration.spacing / x_size, y_size / x_size, 1.0)
+    return None if all(math.isclose(size, 1.0) for size in spacing) else spacing
 
 def read_calibration(path: str | os.PathLike) -> Calibration | None:
     """Return the pixel size stored in a TIFF's first page, ImageJ or OME metadata, or None.

@@ -1,0 +1,76 @@
+"""`biounet predict --instances` measures a calibrated volume in the voxel size its TIFF states."""
+
+import logging
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from biounet.cli import main
+from biounet.data.io import Calibration, read_calibration, voxel_spacing
+
+
+@pytest.fixture
+def nuclei_volume(tmp_path, monkeypatch):
+    """A 3-D model whose 'prediction' is two balls 4 sections apart on 4x coarser
+    sections: one slab in voxels, two nuclei in space."""
+    import biounet.inference.ensemble as ensemble
+    from biounet.config import UNetConfig
+    from biounet.model.unet import UNet
+    from biounet.weightfile import save_model
+
+    z, y, x = np.mgrid[0:16, 0:32, 0:32].astype(float)
+    nuclei = np.zeros(z.shape, np.float32)
+    for centre in (5.5, 9.5):
+        nuclei[((z - centre) * 4) ** 2 + (y - 16) ** 2 + (x - 16) ** 2 <= 100] = 1
+
+    def nuclei_map(models, image, **options):
+        foreground = np.clip(nuclei, 0.05, 0.95)
+        return np.stack([1 - foreground, foreground])
+
+    monkeypatch.setattr(ensemble, "predict_ensemble", nuclei_map)
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(ndim=3, depth=1, base_channels=2)).eval()
+    return save_model(model, tmp_path / "v.safetensors"), (nuclei * 200).astype(np.uint8)
+
+
+def test_the_stated_voxel_size_splits_what_voxels_merge(nuclei_volume, tmp_path, caplog):
+    model_file, volume = nuclei_volume
+    # 0.5 µm pixels, 2 µm sections: ImageJ's calibration and OME's
+    tifffile.imwrite(tmp_path / "imagej.tif", volume, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"unit": "um", "spacing": 2.0, "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "ome.ome.tif", volume, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0})
+    tifffile.imwrite(tmp_path / "plain.tif", volume, photometric="minisblack")
+    caplog.set_level(logging.INFO, logger="biounet")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_file), str(tmp_path / "imagej.tif"), str(tmp_path / "ome.ome.tif"),
+                 str(tmp_path / "plain.tif"), "--out", str(out), "--quiet", "--instances"]) == 0
+    counts = {name: int(tifffile.imread(out / f"{name}_instances.tif").max()) for name in ("imagej", "ome.ome", "plain")}
+    assert counts == {"imagej": 2, "ome.ome": 2, "plain": 1}
+    said = [record.getMessage() for record in caplog.records if "from its calibration" in record.getMessage()]
+    assert len(said) == 2 and all("--spacing 4 1 1" in line for line in said)
+    # a given --spacing wins over the file's
+    again = tmp_path / "again"
+    assert main(["predict", "--model", str(model_file), str(tmp_path / "imagej.tif"), "--out", str(again),
+                 "--quiet", "--instances", "--spacing", "1", "1", "1"]) == 0
+    assert int(tifffile.imread(again / "imagej_instances.tif").max()) == 1
+    # other seeds do not measure distances: the calibration is left alone, not refused
+    other = tmp_path / "other"
+    assert main(["predict", "--model", str(model_file), str(tmp_path / "imagej.tif"), "--out", str(other),
+                 "--quiet", "--instances", "--no-watershed"]) == 0
+
+
+def test_voxel_spacing_needs_one_unit_and_a_non_cube(tmp_path):
+    def stack(**calibration):
+        return voxel_spacing(Calibration(**calibration))
+
+    assert stack(resolution=(200.0, 100.0), resolution_unit=1, unit="um", spacing=0.04) == (8.0, 2.0, 1.0)
+    assert stack(resolution=(200.0, 200.0), resolution_unit=None, spacing=0.005) is None  # a cube
+    assert stack(resolution=(200.0, 200.0), resolution_unit=3, unit="um", spacing=0.04) is None  # cm and µm
+    assert stack(resolution=(200.0, 200.0), resolution_unit=1, unit="um") is None  # no Z step
+    assert stack(spacing=0.04) is None and voxel_spacing(None) is None
+    tifffile.imwrite(tmp_path / "em.tif", np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(200.0, 200.0),
+                     metadata={"unit": "um", "spacing": 0.04})
+    assert voxel_spacing(read_calibration(tmp_path / "em.tif")) == pytest.approx((8.0, 1.0, 1.0))
