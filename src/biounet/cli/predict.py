@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--tile-shape needs {config.ndim} values for this {config.ndim}-D "
                 f"model, got {args.tile_shape}"
             )
-        predict_zarr.check_tile_shape(args.tile_shape, config, model_path)
+        predict_zarr.check_tile_shape(args.tile_shape, config, args.model, model_path)
         if args.spacing is not None and len(args.spacing) != config.ndim:
             raise ValueError(
                 f"--spacing needs {config.ndim} values for this {config.ndim}-D model, "

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{flag} needs {ndim} values for this {ndim}-D model, got {values}"
             )
     for path, model in zip(args.model, models):
-        check_tile_shape(args.tile_shape, model.config, path)
+        check_tile_shape(args.tile_shape, model.config, args.model, path)
     tile_shape = args.tile_shape or (_recorded_tile_shape(target / IMAGE_PATH) if resume else None)
     probabilities = predict_blockwise(
         models[0] if len(models) == 1 else models,
@@ -109,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_tile_shape(tile_shape, config, model_path: str) -> None:
-    """Refuse a --tile-shape that the network of --model `model_path` cannot take."""
+def check_tile_shape(tile_shape, config, model_paths: list[str], model_path: str) -> None:
+    """Refuse a --tile-shape that the network of --model `model_path` cannot take; in an
+    ensemble (several `model_paths`) the message names that member."""
     from biounet.inference.tiling import make_tile_grid
 
     if tile_shape is None:
@@ -118,6 +119,8 @@ def check_tile_shape(tile_shape, config, model_path: str) -> None:
     try:
         make_tile_grid(config, tile_shape, tile_shape)
     except ValueError as error:
+        if len(model_paths) < 2:
+            raise
         raise ValueError(f"--tile-shape for --model {model_path}: {error}") from None
 
 
