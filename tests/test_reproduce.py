@@ -121,11 +121,13 @@ def test_ctc_protocol_on_a_synthetic_folder(tmp_path, rng, tiny_preset, capsys):
 def test_config_file_changes_the_preset(tmp_path, rng, tiny_preset, capsys):
     write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
     config = tmp_path / "wider.json"
-    config.write_text(json.dumps({"model": {"base_channels": 6}, "train": {"precision": "bfloat16"}}))
+    config.write_text(json.dumps({"model": {"base_channels": 6},
+                                  "train": {"precision": "bfloat16", "validation_metric": "foreground_iou"}}))
     common = ["reproduce", "ctc", "--data", str(tmp_path / "data"), "--dataset", "PhC-C2DH-U373", "--iterations", "2", "--quiet"]
     assert main([*common, "--out", str(tmp_path / "run"), "--config", str(config)]) == 0
     saved = json.loads((tmp_path / "run" / "train" / "config.json").read_text())
     assert saved["model"]["base_channels"] == 6 and saved["train"]["precision"] == "bfloat16"
+    assert saved["train"]["validation_metric"] == "foreground_iou"  # not the experiment's ap50
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["config"]["model"]["base_channels"] == 6
     config.write_text(json.dumps({"train": {"precison": "bfloat16"}}))

@@ -173,7 +173,7 @@ def _check_pool_z(pool_z: Any, *, ndim: int, depth: int) -> None:
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "bfloat16")
-VALIDATION_METRICS = ("foreground_iou", "rand", "ap50")
+VALIDATION_METRICS = ("foreground_iou", "rand", "closed_rand", "ap50")
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,8 @@ class TrainConfig(_JsonConfig):
         workers: DataLoader worker processes preparing tiles beside the training step.
         normalization: intensity normalisation of every image ("percentile", "zscore").
         validation_metric: what picks best.safetensors: "foreground_iou", "rand"
-            (1 - ISBI Rand error, for membranes) or "ap50" (instance AP at IoU 0.5).
+            (1 - ISBI Rand error, for membranes), "closed_rand" (the same after
+            `biounet.boundaries.close_boundaries`) or "ap50" (instance AP at IoU 0.5).
         precision: "float32" (the paper) or "bfloat16": the forward pass runs under
             torch.autocast with bfloat16 matrix products, while weights, optimiser state
             and the loss stay float32. Faster on CPUs with bfloat16 dot-product

@@ -126,7 +126,9 @@ def run_experiment(
     from biounet.weightfile import load_model
 
     out = Path(out)
-    metric = "rand" if experiment == "isbi2012" else "ap50"
+    # the experiment's own selection, unless --config names another
+    chosen = ((overrides or {}).get("train") or {}).get("validation_metric")
+    metric = chosen or ("rand" if experiment == "isbi2012" else "ap50")
     config = preset(preset_name).updated(overrides or {})
     config = replace_train(config, iterations=iterations, validation_metric=metric)
     kwargs = {"model_config": config.model, "train_config": config.train}

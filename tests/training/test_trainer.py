@@ -333,3 +333,29 @@ def test_ap50_validation_measures_distance_seeds_with_the_run_spacing(tmp_path):
     trainer = Trainer(model_config=model, train_config=TrainConfig(validation_metric="ap50", spacing=(4.0, 1.0, 1.0)),
                       augment_config=None, train_images=[], val_images=[], run_dir=tmp_path, progress=False)
     assert trainer.score(probabilities, item) == 1.0
+
+
+def test_closed_rand_validation_scores_the_map_with_its_gaps_closed(tmp_path):
+    from types import SimpleNamespace
+
+    import biounet.training.trainer as trainer_module
+    from biounet.boundaries import close_boundaries
+    from biounet.metrics.isbi import rand_error
+
+    labels = np.ones((20, 31), np.int32)
+    labels[:, 16:] = 2
+    labels[:, 15] = 0  # the membrane, as ISBI labels it
+    # the membrane predicted 3 px wide, with a faint stretch: at every threshold either the
+    # cells touch or the cell pixels beside the membrane count as segments of their own
+    foreground = np.full(labels.shape, 0.9, np.float32)
+    foreground[:, 14:17] = 0.1
+    foreground[:, 15] = 0.05
+    foreground[8:11, 14:17] = 0.3
+    probabilities = np.stack([1 - foreground, foreground])
+    item = SimpleNamespace(labels=labels)
+    raw, closed = trainer_module.rand_score(probabilities, item), trainer_module.closed_rand_score(probabilities, item)
+    assert closed == 1.0 - rand_error(labels, close_boundaries(foreground)).value
+    assert raw < 0.95 and closed == 1.0
+    trainer = Trainer(model_config=UNetConfig(), train_config=TrainConfig(validation_metric="closed_rand"),
+                      augment_config=None, train_images=[], val_images=[], run_dir=tmp_path, progress=False)
+    assert trainer.score is trainer_module.closed_rand_score

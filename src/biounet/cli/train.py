@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from biounet.config import VALIDATION_METRICS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="annotated data set folder (or stack file)")
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--workers", type=int)
     train.add_argument("--validate-every", type=int)
     train.add_argument("--checkpoint-every", type=int)
-    train.add_argument("--validation-metric", choices=("foreground_iou", "rand", "ap50"))
+    train.add_argument("--validation-metric", choices=VALIDATION_METRICS)
     train.add_argument(
         "--precision",
         choices=("float32", "bfloat16"),
