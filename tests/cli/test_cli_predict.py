@@ -244,51 +244,6 @@ def test_seeds_flag_chooses_the_seeds_of_a_boundary_class_model(tmp_path, rng, m
     assert "--seeds chooses the watershed's seeds; drop it or --no-watershed" in capsys.readouterr().err
 
 
-def test_spacing_reaches_the_instances_of_a_volume(tmp_path, monkeypatch, capsys):
-    import torch
-
-    import biounet.inference.ensemble as ensemble
-    from biounet.config import UNetConfig
-    from biounet.model.unet import UNet
-    from biounet.weightfile import save_model
-
-    # Two nuclei 4 sections apart on 4 px sections: one slab in voxels, two balls in space.
-    z, y, x = np.mgrid[0:16, 0:32, 0:32].astype(float)
-    nuclei = np.zeros(z.shape, np.float32)
-    for centre in (5.5, 9.5):
-        nuclei[((z - centre) * 4) ** 2 + (y - 16) ** 2 + (x - 16) ** 2 <= 100] = 1
-
-    def nuclei_map(models, image, **options):
-        foreground = np.clip(nuclei, 0.05, 0.95)
-        return np.stack([1 - foreground, foreground])
-
-    monkeypatch.setattr(ensemble, "predict_ensemble", nuclei_map)
-    torch.manual_seed(0)
-    model_file = save_model(UNet(UNetConfig(ndim=3, depth=1, base_channels=2)).eval(), tmp_path / "v.safetensors")
-    tifffile.imwrite(tmp_path / "v.tif", (nuclei * 200).astype(np.uint8), photometric="minisblack")
-    common = ["predict", "--model", str(model_file), str(tmp_path / "v.tif"), "--quiet", "--instances"]
-    counts = {}
-    for spacing in ([], ["--spacing", "4", "1", "1"]):
-        out = tmp_path / f"out{len(spacing)}"
-        assert main([*common, "--out", str(out), *spacing]) == 0
-        counts[len(spacing)] = int(tifffile.imread(out / "v_instances.tif").max())
-    assert counts == {0: 1, 4: 2}
-    capsys.readouterr()
-    assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "1"]) == 2
-    assert capsys.readouterr().err.strip() == "biounet predict: error: --spacing needs 3 values for this 3-D model, got [4.0, 1.0]"
-    assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "0", "1"]) == 2
-    assert capsys.readouterr().err.strip() == "biounet predict: error: --spacing must be finite and > 0 on every axis, got [4.0, 0.0, 1.0]"
-    assert main([*common[:-1], "--out", str(tmp_path / "bad"), "--spacing", "4", "1", "1"]) == 2
-    assert "--spacing: post-processing options of --instances; add --instances" in capsys.readouterr().err
-    for other in (["--no-watershed"], ["--seeds", "probability"]):
-        assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "1", "1", *other]) == 2
-        used = "--no-watershed" if other == ["--no-watershed"] else "probability seeds"
-        assert capsys.readouterr().err.strip() == (
-            f"biounet predict: error: --spacing measures the distance seeds of the watershed; this run uses {used}: "
-            "drop --spacing or use --seeds distance")
-    assert not (tmp_path / "bad").exists()
-
-
 def test_outputs_state_the_pixel_size_of_their_input(model_file, tmp_path, rng):
     from biounet.data.io import read_calibration
 

@@ -1,4 +1,5 @@
-"""`biounet predict --instances` measures a calibrated volume in the voxel size its TIFF states."""
+"""`biounet predict --instances` on volumes: distance seeds measured with --spacing, or else
+with the voxel size the TIFF states."""
 
 import logging
 
@@ -33,6 +34,32 @@ def nuclei_volume(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = UNet(UNetConfig(ndim=3, depth=1, base_channels=2)).eval()
     return save_model(model, tmp_path / "v.safetensors"), (nuclei * 200).astype(np.uint8)
+
+
+def test_spacing_reaches_the_instances_of_a_volume(nuclei_volume, tmp_path, capsys):
+    model_file, volume = nuclei_volume
+    tifffile.imwrite(tmp_path / "v.tif", volume, photometric="minisblack")
+    common = ["predict", "--model", str(model_file), str(tmp_path / "v.tif"), "--quiet", "--instances"]
+    counts = {}
+    for spacing in ([], ["--spacing", "4", "1", "1"]):
+        out = tmp_path / f"out{len(spacing)}"
+        assert main([*common, "--out", str(out), *spacing]) == 0
+        counts[len(spacing)] = int(tifffile.imread(out / "v_instances.tif").max())
+    assert counts == {0: 1, 4: 2}
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "biounet predict: error: --spacing needs 3 values for this 3-D model, got [4.0, 1.0]"
+    assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "0", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "biounet predict: error: --spacing must be finite and > 0 on every axis, got [4.0, 0.0, 1.0]"
+    assert main([*common[:-1], "--out", str(tmp_path / "bad"), "--spacing", "4", "1", "1"]) == 2
+    assert "--spacing: post-processing options of --instances; add --instances" in capsys.readouterr().err
+    for other in (["--no-watershed"], ["--seeds", "probability"]):
+        assert main([*common, "--out", str(tmp_path / "bad"), "--spacing", "4", "1", "1", *other]) == 2
+        used = "--no-watershed" if other == ["--no-watershed"] else "probability seeds"
+        assert capsys.readouterr().err.strip() == (
+            f"biounet predict: error: --spacing measures the distance seeds of the watershed; this run uses {used}: "
+            "drop --spacing or use --seeds distance")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_stated_voxel_size_splits_what_voxels_merge(nuclei_volume, tmp_path, caplog):
