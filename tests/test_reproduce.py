@@ -118,7 +118,7 @@ def test_ctc_protocol_on_a_synthetic_folder(tmp_path, rng, tiny_preset, capsys):
     assert "--dataset is required" in capsys.readouterr().err
 
 
-def test_config_file_changes_the_preset(tmp_path, rng, tiny_preset, capsys):
+def test_config_file_changes_the_preset(tmp_path, rng, tiny_preset, capsys, caplog):
     write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
     config = tmp_path / "wider.json"
     config.write_text(json.dumps({"model": {"base_channels": 6},
@@ -128,6 +128,7 @@ def test_config_file_changes_the_preset(tmp_path, rng, tiny_preset, capsys):
     saved = json.loads((tmp_path / "run" / "train" / "config.json").read_text())
     assert saved["model"]["base_channels"] == 6 and saved["train"]["precision"] == "bfloat16"
     assert saved["train"]["validation_metric"] == "foreground_iou"  # not the experiment's ap50
+    assert "selecting the model by foreground_iou from --config, not by ap50" in caplog.text
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["config"]["model"]["base_channels"] == 6
     config.write_text(json.dumps({"train": {"precison": "bfloat16"}}))

@@ -15,6 +15,7 @@ Protocols (data sets are never mixed across the split):
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,9 +127,15 @@ def run_experiment(
     from biounet.weightfile import load_model
 
     out = Path(out)
-    # the experiment's own selection, unless --config names another
-    chosen = ((overrides or {}).get("train") or {}).get("validation_metric")
-    metric = chosen or ("rand" if experiment == "isbi2012" else "ap50")
+    # the experiment's own selection, unless --config names another (said: a run's saved
+    # config.json always names one, and reused as --config it would change the protocol)
+    own = "rand" if experiment == "isbi2012" else "ap50"
+    metric = ((overrides or {}).get("train") or {}).get("validation_metric") or own
+    if metric != own:
+        logging.getLogger(__name__).warning(
+            "selecting the model by %s from --config, not by %s as the %s protocol does",
+            metric, own, experiment,
+        )
     config = preset(preset_name).updated(overrides or {})
     config = replace_train(config, iterations=iterations, validation_metric=metric)
     kwargs = {"model_config": config.model, "train_config": config.train}

@@ -1,8 +1,6 @@
 """`biounet predict --instances` on volumes: distance seeds measured with --spacing, or else
 with the voxel size the TIFF states."""
 
-import logging
-
 import numpy as np
 import pytest
 import tifffile
@@ -70,7 +68,6 @@ def test_the_stated_voxel_size_splits_what_voxels_merge(nuclei_volume, tmp_path,
     tifffile.imwrite(tmp_path / "ome.ome.tif", volume, ome=True, metadata={
         "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0})
     tifffile.imwrite(tmp_path / "plain.tif", volume, photometric="minisblack")
-    caplog.set_level(logging.INFO, logger="biounet")
     out = tmp_path / "out"
     assert main(["predict", "--model", str(model_file), str(tmp_path / "imagej.tif"), str(tmp_path / "ome.ome.tif"),
                  str(tmp_path / "plain.tif"), "--out", str(out), "--quiet", "--instances"]) == 0
@@ -87,6 +84,15 @@ def test_the_stated_voxel_size_splits_what_voxels_merge(nuclei_volume, tmp_path,
     other = tmp_path / "other"
     assert main(["predict", "--model", str(model_file), str(tmp_path / "imagej.tif"), "--out", str(other),
                  "--quiet", "--instances", "--no-watershed"]) == 0
+    assert int(tifffile.imread(other / "imagej_instances.tif").max()) == 1
+    # a Z step beside pixels of an unknown length is said, and voxels stay cubes
+    tifffile.imwrite(tmp_path / "z_only.tif", volume, imagej=True, resolution=(2.0, 2.0), resolutionunit=3,
+                     metadata={"unit": "parsec?", "spacing": 2.0, "axes": "ZYX"})
+    caplog.clear()
+    assert main(["predict", "--model", str(model_file), str(tmp_path / "z_only.tif"), "--out", str(other),
+                 "--quiet", "--instances"]) == 0
+    assert int(tifffile.imread(other / "z_only_instances.tif").max()) == 1
+    assert any("states a Z step but no pixel size" in record.getMessage() for record in caplog.records)
 
 
 def test_voxel_spacing_needs_one_unit_and_a_non_cube(tmp_path):
@@ -94,8 +100,12 @@ def test_voxel_spacing_needs_one_unit_and_a_non_cube(tmp_path):
         return voxel_spacing(Calibration(**calibration))
 
     assert stack(resolution=(200.0, 100.0), resolution_unit=1, unit="um", spacing=0.04) == (8.0, 2.0, 1.0)
-    assert stack(resolution=(200.0, 200.0), resolution_unit=None, spacing=0.005) is None  # a cube
-    assert stack(resolution=(200.0, 200.0), resolution_unit=3, unit="um", spacing=0.04) is None  # cm and µm
+    assert stack(resolution=(200.0, 200.0), resolution_unit=None, spacing=0.005) == (1.0, 1.0, 1.0)
+    # 2000 pixels per cm are 5 µm; 40 µm sections (or 0.004 cm) are 8 of them
+    for unit, step in (("um", 40.0), ("micron", 40.0), ("cm", 0.004), ("nm", 40000.0)):
+        assert stack(resolution=(2000.0, 2000.0), resolution_unit=3, unit=unit, spacing=step) == pytest.approx((8, 1, 1))
+    assert stack(resolution=(2000.0, 2000.0), resolution_unit=3, unit="pixel", spacing=4.0) is None
+    assert stack(resolution=(2000.0, 2000.0), resolution_unit=2, unit=None, spacing=4.0) is None
     assert stack(resolution=(200.0, 200.0), resolution_unit=1, unit="um") is None  # no Z step
     assert stack(spacing=0.04) is None and voxel_spacing(None) is None
     tifffile.imwrite(tmp_path / "em.tif", np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(200.0, 200.0),

@@ -365,6 +365,22 @@ def test_float64_beyond_float32_is_refused_unnormalised_before_the_target_exists
     image[30, 140] = -3e38  # float32 holds it
     predict_blockwise(model, image, target, tile_shape=(76, 92))
     assert np.isfinite(zarr.open_array(str(target))[...]).all()
+    # +3e38 overflows inside the network: refused, never NaN blocks recorded as done
+    image[30, 140] = 3e38
+    message = r"network's output is NaN or infinite for input values in \[.*, 3e\+38\]; normalise"
+    one_line_error(ValueError, message, predict_blockwise, model, image, tmp_path / "again.zarr",
+                   tile_shape=(76, 92), block_shape=(72, 104))
+    assert 1 not in done_blocks(zarr.open_array(str(tmp_path / "again.zarr")))  # block (0, 1)
+    one_line_error(ValueError, message, predict_tiled, model, image.astype(np.float32), tile_shape=(76, 92))
+
+
+def test_a_bad_value_of_a_later_channel_is_named_with_its_channel(rng, tmp_path):
+    model = make_model(in_channels=2)
+    image = rng.random((2, 150, 170), dtype=np.float32)
+    image[1, 3, 4] = np.nan
+    image[0, 100, 100] = np.inf
+    one_line_error(ValueError, r"NaN or infinite values, the first at \(3, 4\) of channel 1",
+                   predict_blockwise, model, image, tmp_path / "out.zarr", normalization="zscore")
 
 
 def test_finished_resumed_run_reads_no_statistics(rng, tmp_path, monkeypatch):
@@ -458,6 +474,9 @@ def test_local_cluster_equals_in_memory(cluster_client, rng, tmp_path):
         lambda: len(__import__("biounet.inference.blockwise", fromlist=["x"])._MODEL_CACHE)
     )
     assert max(cached.values()) == 1
+    from biounet.inference.blockwise_executors import _DistributedExecutor
+
+    assert _DistributedExecutor(cluster_client, owns_client=False).parallelism == 2  # 2 x 1 thread
 
     source = as_zarr(tmp_path / "source.zarr", image, chunks=(100, 100))
     again = predict_blockwise(

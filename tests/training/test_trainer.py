@@ -359,3 +359,7 @@ def test_closed_rand_validation_scores_the_map_with_its_gaps_closed(tmp_path):
     trainer = Trainer(model_config=UNetConfig(), train_config=TrainConfig(validation_metric="closed_rand"),
                       augment_config=None, train_images=[], val_images=[], run_dir=tmp_path, progress=False)
     assert trainer.score is trainer_module.closed_rand_score
+    for model in (UNetConfig(n_classes=3, boundary_class=True), UNetConfig(n_classes=3)):
+        with pytest.raises(ValueError, match="closed_rand closes the membranes of a two-class"):
+            Trainer(model_config=model, train_config=TrainConfig(validation_metric="closed_rand"),
+                    augment_config=None, train_images=[], val_images=[], run_dir=tmp_path, progress=False)

@@ -37,6 +37,7 @@ def _with_file_spacing(postprocess, probabilities, path: Path, args, config):
     size its TIFF states (ImageJ spacing, OME PhysicalSizeZ), as nnU-Net reads it."""
     import dataclasses
     import logging
+    import math
 
     from biounet.data.io import read_calibration, voxel_spacing
     from biounet.postprocess import PostprocessConfig
@@ -46,10 +47,20 @@ def _with_file_spacing(postprocess, probabilities, path: Path, args, config):
     uses_distance = postprocess.watershed and postprocess.seeds == "distance"
     if args.spacing is not None or not (is_volume and uses_distance):
         return postprocess
-    spacing = voxel_spacing(read_calibration(path))
+    calibration = read_calibration(path)
+    spacing = voxel_spacing(calibration)
+    # Said at warning level, which the CLI shows by default: it changes the objects.
+    logger = logging.getLogger(__name__)
     if spacing is None:
+        if calibration is not None and calibration.spacing is not None:
+            logger.warning(
+                "%s states a Z step but no pixel size in a known unit; distance seeds "
+                "count voxels as cubes (pass --spacing Z Y X)", path
+            )
         return postprocess
-    logging.getLogger(__name__).info(
+    if all(math.isclose(size, 1.0) for size in spacing):  # cubes: what no spacing means
+        return postprocess
+    logger.warning(
         "%s: distance seeds with --spacing %s from its calibration (pass --spacing to "
         "override)", path, " ".join(f"{size:g}" for size in spacing)
     )

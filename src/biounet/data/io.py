@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import tempfile
 import threading
@@ -322,12 +321,19 @@ class Calibration:
 
 
 
+# Lengths of the units ImageJ and OME name, and of TIFF's ResolutionUnit 2 and 3, in µm.
+_MICRONS = {"micron": 1.0, "um": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4,
+            "m": 1e6, "inch": 25400.0, "in": 25400.0}
+_RESOLUTION_UNIT_MICRONS = {2: 25400.0, 3: 1e4}
+
+
 def voxel_spacing(calibration: Calibration | None) -> tuple[float, float, float] | None:
     """A volume's (Z, Y, X) voxel size in X pixels, from its calibration, or None.
 
     The form `PostprocessConfig.spacing` takes: (8, 1, 1) for 40 nm sections of 5 nm
-    pixels. None unless the Z step and both pixel sizes are stated in one unit (ImageJ's
-    or OME's, with the resolution tags in "no unit") and the voxel is not a cube.
+    pixels. The Z step is in ImageJ's (or OME's) unit, the pixel size in that unit too
+    when the resolution tags say "no unit", else per inch or centimetre; None unless
+    both lengths are known (or share the unstated unit).
 
     Example:
         >>> voxel_spacing(Calibration(resolution=(200.0, 200.0), resolution_unit=1,
@@ -336,11 +342,16 @@ def voxel_spacing(calibration: Calibration | None) -> tuple[float, float, float]
     """
     if calibration is None or calibration.resolution is None or calibration.spacing is None:
         return None
-    if calibration.resolution_unit not in (None, 1):  # X and Y in inch or cm, Z in `unit`
-        return None
     x_size, y_size = (1.0 / pixels for pixels in calibration.resolution)
-    spacing = (calibration.spacing / x_size, y_size / x_size, 1.0)
-    return None if all(math.isclose(size, 1.0) for size in spacing) else spacing
+    z_size = calibration.spacing
+    if calibration.resolution_unit in _RESOLUTION_UNIT_MICRONS:
+        z_microns = _MICRONS.get((calibration.unit or "").lower())
+        if z_microns is None:  # a Z step in an unknown unit beside pixels per inch or cm
+            return None
+        scale = _RESOLUTION_UNIT_MICRONS[calibration.resolution_unit]
+        x_size, y_size, z_size = x_size * scale, y_size * scale, z_size * z_microns
+    return (z_size / x_size, y_size / x_size, 1.0)
+
 
 def read_calibration(path: str | os.PathLike) -> Calibration | None:
     """Return the pixel size stored in a TIFF's first page, ImageJ or OME metadata, or None.

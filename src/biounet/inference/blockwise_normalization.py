@@ -28,7 +28,8 @@ _PERCENTILES = (1.0, 99.8)  # as data.normalize.normalize_percentile and the pre
 _DIGIT_BITS = 16
 _REGION_PIXELS = 2048 * 2048  # at most, as the default blocks
 _REGION_BYTES = 32 * 2**20  # of source data per statistics task
-_BATCH = 16  # statistics tasks whose results are held at once before they are summed
+_BATCH = 16  # statistics tasks whose results are held at once before they are summed,
+_MAX_BATCH = 64  # or two per cluster thread up to this: 64 x 2 MB histograms per channel
 
 Normalization = str | Callable[[np.ndarray], np.ndarray] | None
 
@@ -77,10 +78,11 @@ def _gathered(executor, function, opened, arguments, *, reduce=None):
     """Run `function` on every argument tuple in batches; sum the results if `reduce`.
 
     Batches bound what is held at once: with `reduce`, _BATCH results, or two per
-    thread of a larger cluster so that every thread has work, whatever the image size.
+    thread of a larger cluster (at most _MAX_BATCH) so that its threads have work,
+    whatever the image size.
     """
     results, total = [], None
-    size = max(_BATCH, 2 * executor.parallelism)
+    size = min(max(_BATCH, 2 * executor.parallelism), _MAX_BATCH)
     for first in range(0, len(arguments), size):
         batch = executor.map(
             function,
@@ -105,7 +107,7 @@ def _region_moments(source: _SourceReference, region) -> np.ndarray:
 
 
 def _region_check(source: _SourceReference, region) -> None:
-    """Refuse values the network cannot take as they are: not finite, or beyond float32."""
+    """Refuse values float32 cannot hold: NaN, infinity, and float64 beyond its range."""
     block = np.asarray(source.open()[(Ellipsis, *region)])
     values = _region_values(source, region, block=block)
     too_large = np.abs(values) > np.finfo(np.float32).max
@@ -131,11 +133,15 @@ def _region_values(source: _SourceReference, region, *, block=None) -> np.ndarra
     return values
 
 
-def _first_position(mask: np.ndarray, block: np.ndarray, region) -> tuple[int, ...]:
-    """Image coordinates of the first pixel flagged in the (channels, pixels) `mask`."""
-    first = int(np.flatnonzero(mask)[0]) % mask.shape[1]
+def _first_position(mask: np.ndarray, block: np.ndarray, region) -> str:
+    """Where the first pixel flagged in the (channels, pixels) `mask` is: its image
+    coordinates, and its channel for a multi-channel source."""
+    first = int(np.flatnonzero(mask.any(axis=0))[0])
     where = np.unravel_index(first, block.shape[-len(region) :])
-    return tuple(int(part.start + offset) for part, offset in zip(region, where))
+    position = str(tuple(int(part.start + offset) for part, offset in zip(region, where)))
+    if mask.shape[0] > 1:
+        position += f" of channel {int(np.flatnonzero(mask[:, first])[0])}"
+    return position
 
 
 def _percentile_affine(opened, regions, executor) -> _Affine:

@@ -241,7 +241,16 @@ def predict_batch(model: nn.Module, windows: np.ndarray, *, channels_last: bool)
         layout = torch.channels_last if windows.ndim == 4 else torch.channels_last_3d
         batch = batch.contiguous(memory_format=layout)
     scores = model(batch)
-    return torch.softmax(scores, dim=1).float().cpu().numpy()  # eq. 1: pixel-wise soft-max
+    probabilities = torch.softmax(scores, dim=1).float().cpu().numpy()  # eq. 1
+    if not np.isfinite(probabilities).all():
+        # finite input near float32's limits overflows in the convolutions; NaN output
+        # would pass for an unfinished zarr block or a pixel of no class
+        low, high = float(windows.min()), float(windows.max())
+        raise ValueError(
+            f"the network's output is NaN or infinite for input values in [{low:.3g}, "
+            f"{high:.3g}]; normalise the image (percentile or zscore normalization)"
+        )
+    return probabilities
 
 
 def predict_tiled(

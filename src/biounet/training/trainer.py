@@ -101,6 +101,17 @@ SCORES: dict[str, ScoreFunction] = {
 }
 
 
+def _check_metric(metric: str, model_config: UNetConfig) -> None:
+    if metric == "closed_rand" and (model_config.n_classes != 2 or model_config.boundary_class):
+        kind = "a boundary class" if model_config.boundary_class else (
+            f"{model_config.n_classes} classes"
+        )
+        raise ValueError(
+            "validation_metric closed_rand closes the membranes of a two-class cell/membrane "
+            f"network; this model has {kind} (use ap50 for its objects)"
+        )
+
+
 @dataclass
 class TrainResult:
     """Outcome of `Trainer.fit`."""
@@ -162,6 +173,7 @@ class Trainer:
         self.val_images = list(val_images)
         self.run_dir = Path(run_dir)
         if score is None:
+            _check_metric(train_config.validation_metric, model_config)
             score = SCORES[train_config.validation_metric]
             if score is ap50_score and model_config.boundary_class:
                 score = functools.partial(ap50_score, boundary_class=True)
