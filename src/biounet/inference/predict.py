@@ -243,12 +243,13 @@ def predict_batch(model: nn.Module, windows: np.ndarray, *, channels_last: bool)
     scores = model(batch)
     probabilities = torch.softmax(scores, dim=1).float().cpu().numpy()  # eq. 1
     if not np.isfinite(probabilities).all():
-        # finite input near float32's limits overflows in the convolutions; NaN output
-        # would pass for an unfinished zarr block or a pixel of no class
+        # finite input near float32's limits overflows in the convolutions, and diverged
+        # weights give NaN anywhere; NaN output would pass for an unfinished zarr block
         low, high = float(windows.min()), float(windows.max())
         raise ValueError(
             f"the network's output is NaN or infinite for input values in [{low:.3g}, "
-            f"{high:.3g}]; normalise the image (percentile or zscore normalization)"
+            f"{high:.3g}]; normalise the image (percentile or zscore normalization), or, "
+            "for normalised input, the weights have diverged"
         )
     return probabilities
 
