@@ -34,7 +34,7 @@ def _remove_stale_outputs(out: Path, path: Path, args: argparse.Namespace) -> No
 
 def _with_file_spacing(postprocess, probabilities, path: Path, args, config):
     """Without --spacing, a 3-D network's distance seeds measure the volume in the voxel
-    size its TIFF states (ImageJ spacing, OME PhysicalSizeZ), as nnU-Net reads it."""
+    size its TIFF states (`voxel_spacing`: ImageJ's Z spacing, OME's PhysicalSizeZ)."""
     import dataclasses
     import logging
     import math

@@ -320,7 +320,6 @@ class Calibration:
     spacing: float | None = None
 
 
-
 # Lengths of the units ImageJ and OME name, and of TIFF's ResolutionUnit 2 and 3, in µm.
 _MICRONS = {"micron": 1.0, "um": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4,
             "m": 1e6, "inch": 25400.0, "in": 25400.0}
