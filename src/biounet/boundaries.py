@@ -29,6 +29,24 @@ from biounet.postprocess import PostprocessConfig, check_foreground
 _FACES = ndimage.generate_binary_structure(2, 1)
 
 
+
+def membrane_network_problem(config) -> str | None:
+    """Why a network's map is not one `close_boundaries` can close, or None if it is.
+
+    Closing needs a two-class cell/membrane network: a boundary class or more classes
+    predict objects, whose boundaries the watershed of `postprocess` draws instead.
+
+    Example:
+        >>> from biounet.config import UNetConfig
+        >>> membrane_network_problem(UNetConfig(n_classes=3))
+        'has 3 classes'
+    """
+    if config.boundary_class:
+        return "has a boundary class"
+    if config.n_classes != 2:
+        return f"has {config.n_classes} classes"
+    return None
+
 def close_boundaries(
     foreground: ArrayLike, *, seed_threshold: float = 0.5, min_seed_size: int = 16
 ) -> np.ndarray:

@@ -160,6 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from biounet.boundaries import membrane_network_problem
     from biounet.cli import predict_outputs, predict_zarr
     from biounet.data.io import check_input_file, check_output_path
     from biounet.inference.ensemble import check_members
@@ -209,11 +210,11 @@ def run(args: argparse.Namespace) -> int:
         for path in paths:
             predict_zarr.check_fits_in_memory(path, config)
         postprocess_config(args, boundary_class=config.boundary_class)
-        if args.close_boundaries and (config.n_classes != 2 or config.boundary_class):
-            kind = "a boundary class" if config.boundary_class else f"{config.n_classes} classes"
+        problem = membrane_network_problem(config) if args.close_boundaries else None
+        if problem:
             raise ValueError(
                 f"--close-boundaries closes the membranes of a two-class cell/membrane "
-                f"network; --model {model_path} has {kind} (for its objects use --instances)"
+                f"network; --model {model_path} {problem} (for its objects use --instances)"
             )
 
     try:

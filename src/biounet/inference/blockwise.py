@@ -167,7 +167,6 @@ def predict_blockwise(
                 job = _BlockJob(
                     models=specs,
                     passes=(first, *passes[1:]),
-                    tta=tta,
                     source=opened.reference(),
                     target=output,
                     grid=grid,

@@ -99,17 +99,21 @@ class _BlockJob:
 
     `grid` is the first member's grid on the image itself, which lays out the blocks;
     `passes` lists, member by member, the predictions averaged: one per member, or the
-    8 symmetries of `biounet.inference.tta` each with `tta`.
+    8 symmetries of `biounet.inference.tta` each (`tta`).
     """
 
     models: tuple[_ModelSpec, ...]
     passes: tuple[_Pass, ...]
-    tta: bool
     source: _SourceReference
     target: Any
     grid: TileGrid
     block_shape: tuple[int, ...]
     normalizer: Callable[[np.ndarray], np.ndarray] | None
+
+    @property
+    def tta(self) -> bool:
+        """Whether each member is averaged over its transforms."""
+        return len(self.passes) > len(self.models)
 
 
 def _predict_block(job: _BlockJob, index: tuple[int, ...], tiles: list[Tile]) -> tuple:

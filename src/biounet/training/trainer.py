@@ -102,13 +102,13 @@ SCORES: dict[str, ScoreFunction] = {
 
 
 def _check_metric(metric: str, model_config: UNetConfig) -> None:
-    if metric == "closed_rand" and (model_config.n_classes != 2 or model_config.boundary_class):
-        kind = "a boundary class" if model_config.boundary_class else (
-            f"{model_config.n_classes} classes"
-        )
+    from biounet.boundaries import membrane_network_problem
+
+    problem = membrane_network_problem(model_config) if metric == "closed_rand" else None
+    if problem:
         raise ValueError(
             "validation_metric closed_rand closes the membranes of a two-class cell/membrane "
-            f"network; this model has {kind} (use ap50 for its objects)"
+            f"network; this model {problem} (use ap50 for its objects)"
         )
 
 
