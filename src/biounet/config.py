@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from biounet.data.normalize import POLARITIES
+
 PADDINGS = ("valid", "same")
 NORMS = (None, "batch", "group", "instance")
 UPSAMPLINGS = ("upconv", "bilinear")
@@ -201,6 +203,11 @@ class TrainConfig(_JsonConfig):
         seed: seeds tile sampling, augmentation, initialisation and drop-out.
         workers: DataLoader worker processes preparing tiles beside the training step.
         normalization: intensity normalisation of every image ("percentile", "zscore").
+        polarity: "as_is", or "bright_objects": images (channels) with a brighter
+            background than objects are inverted as they are normalised, so that a set
+            mixing fluorescence with brightfield or H&E shows the network bright nuclei
+            only (`biounet.data.normalize.bright_background`). Stored in the weight
+            file beside `normalization`, and applied by `biounet predict` as stored.
         validation_metric: what picks best.safetensors: "foreground_iou", "rand"
             (1 - ISBI Rand error, for membranes), "closed_rand" (the same after
             `biounet.boundaries.close_boundaries`) or "ap50" (instance AP at IoU 0.5).
@@ -238,6 +245,7 @@ class TrainConfig(_JsonConfig):
     seed: int = 0
     workers: int = 1
     normalization: str = "percentile"
+    polarity: str = "as_is"
     validation_metric: str = "foreground_iou"
     precision: str = "float32"
     skeleton_recall: float = 0.0
@@ -258,6 +266,7 @@ class TrainConfig(_JsonConfig):
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("class_weights", self.class_weights, ("balanced", None))
         _check_choice("normalization", self.normalization, ("percentile", "zscore"))
+        _check_choice("polarity", self.polarity, POLARITIES)
         if not isinstance(self.separate_touching, bool):
             raise TypeError(
                 f"separate_touching must be true or false, got {self.separate_touching!r}"

@@ -107,6 +107,34 @@ def read_weight_file(
     return tensors, metadata
 
 
+PREPROCESSING_DEFAULTS = {"normalization": "percentile", "polarity": "as_is"}
+
+
+def stored_preprocessing(path: str | os.PathLike) -> dict[str, str]:
+    """How the images a model was trained on were normalised, from its weight file.
+
+    The trainer stores `TrainConfig.normalization` and `TrainConfig.polarity` in the
+    metadata of model.safetensors and best.safetensors; what a file does not record (an
+    older file, an ONNX export, a bioimage.io package, whose rdf.yaml describes its own
+    preprocessing) reads as the defaults, percentile normalisation as it is. Only the
+    header is read; `load_model` verifies the tensors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    found = dict(PREPROCESSING_DEFAULTS)
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() == ".onnx" or zipfile.is_zipfile(path):
+        return found  # a missing file is load_model's to report
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return found  # load_model names what is wrong with the file
+    for key in found:
+        found[key] = metadata.get(key, found[key])
+    return found
+
+
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:
     """Build the U-Net stored in a biounet weight file and load its weights, in eval mode.
 

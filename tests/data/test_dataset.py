@@ -156,3 +156,22 @@ def test_margin_holds_every_read_of_a_zoomed_out_rotated_shifted_tile(scale_rang
                                                                  margin[1] : margin[1] + tile[1]]
             assert reads.min() >= -1e-9
             assert all(reads[axis].max() <= window[axis] - 1 + 1e-9 for axis in range(2))
+
+
+@pytest.mark.parametrize("normalization", ["percentile", "zscore"])
+def test_bright_objects_trains_on_inverted_images_as_on_the_originals(rng, normalization):
+    labels = cells((90, 70), rng)
+    fluorescence = (labels > 0).astype(np.float32)[None] * 100 + rng.normal(10, 2, (1, 90, 70)).astype(np.float32)
+    brightfield = 200 - fluorescence
+    config = TrainConfig(normalization=normalization, polarity="bright_objects")
+    model = UNetConfig(depth=2)
+    kept = make_training_image("fluo", fluorescence, labels, model_config=model, train_config=config)
+    turned = make_training_image("bf", brightfield, labels, model_config=model, train_config=config)
+    np.testing.assert_allclose(turned.image, kept.image, atol=1e-5)
+    as_is = make_training_image("bf", brightfield, labels, model_config=model, train_config=TrainConfig(normalization=normalization))
+    assert np.corrcoef(as_is.image.ravel(), kept.image.ravel())[0, 1] < -0.99
+
+
+def test_unknown_polarity_is_named():
+    with pytest.raises(ValueError, match="polarity must be one of"):
+        TrainConfig(polarity="inverted")

@@ -419,3 +419,17 @@ def test_dsb2018_kaggle_form_via_links(data_root, tmp_path):
 def test_reference_components_self_check():
     mask = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0]], bool)
     np.testing.assert_array_equal(reference_components(mask), [[1, 0, 2], [0, 2, 2], [3, 0, 0]])
+
+
+@pytest.mark.data
+def test_dsb2018_polarity_rule_agrees_with_the_annotations(data_root):
+    """bright_background, from intensities alone, says which images have dark nuclei."""
+    from biounet.data.normalize import bright_background, to_float_image
+
+    dark_nuclei = 0
+    for sample in open_dataset(data_root / "dsb2018"):
+        grey = to_float_image(sample.image)
+        nuclei_darker = grey[sample.labels > 0].mean() < grey[sample.labels == 0].mean()
+        assert bool(bright_background(grey)) == nuclei_darker, sample.name
+        dark_nuclei += nuclei_darker
+    assert 30 <= dark_nuclei <= 40  # about a fifth: brightfield and H&E

@@ -5,7 +5,12 @@ import warnings
 import numpy as np
 import pytest
 
-from biounet.data.normalize import normalize_percentile, normalize_zscore, to_float_image
+from biounet.data.normalize import (
+    bright_background,
+    normalize_percentile,
+    normalize_zscore,
+    to_float_image,
+)
 
 
 def reference_percentile(image, low, high, eps=1e-20, axis=None):
@@ -213,3 +218,80 @@ def test_to_float_image_rejects_bad_input():
         to_float_image(np.zeros(5))
     with pytest.raises(TypeError, match="dtype"):
         to_float_image(np.array([["a", "b"]]))
+
+
+def slow_percentile(values, q):
+    """np.percentile's linear interpolation written out over a sorted Python list."""
+    ordered = sorted(float(value) for value in np.ravel(values))
+    position = q / 100 * (len(ordered) - 1)
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def slow_is_bright(values):
+    low, median, high = (slow_percentile(values, q) for q in (1.0, 50.0, 99.8))
+    return median > (low + high) / 2
+
+
+def nuclei_image(rng, *, bright_background):
+    """Blobs on a background, 20% of the pixels objects, plus noise."""
+    image = rng.normal(20.0, 3.0, (48, 64))
+    yy, xx = np.mgrid[:48, :64]
+    objects = np.zeros(image.shape, bool)
+    for y, x in rng.integers(6, 42, (6, 2)):
+        objects |= (yy - y) ** 2 + (xx - x) ** 2 < 16
+    image[objects] += 150.0  # values stay within 0-200
+    return (200.0 - image) if bright_background else image
+
+
+@pytest.mark.parametrize("bright", [False, True])
+def test_bright_background_follows_the_median_rule(rng, bright):
+    image = nuclei_image(rng, bright_background=bright)
+    assert bool(bright_background(image)) == slow_is_bright(image) == bright
+    assert bright_background(image).shape == ()
+
+
+def test_bright_background_per_channel(rng):
+    image = np.stack([nuclei_image(rng, bright_background=b) for b in (True, False, True)])
+    flags = bright_background(image, axis=(1, 2))
+    assert flags.shape == (3, 1, 1)
+    assert flags.ravel().tolist() == [slow_is_bright(channel) for channel in image]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_bright_objects_percentile_matches_reference(rng, dtype):
+    image = np.stack(
+        [nuclei_image(rng, bright_background=b) for b in (True, False)]
+    ).astype(dtype)
+    result = normalize_percentile(image, axis=(1, 2), polarity="bright_objects")
+    for channel, values in enumerate(image):
+        # a bright background: normalised as the negated image would be
+        values = values.astype(np.float64) * (-1 if slow_is_bright(values) else 1)
+        low, high = slow_percentile(values, 1.0), slow_percentile(values, 99.8)
+        expected = (values - low) / (high - low)
+        np.testing.assert_allclose(result[channel], expected, rtol=1e-5, atol=1e-5)
+    assert slow_is_bright(image[0]) and not slow_is_bright(image[1])
+
+
+def test_bright_objects_makes_an_inverted_image_look_like_the_original(rng):
+    dark = nuclei_image(rng, bright_background=False)
+    inverted = 200.0 - dark
+    np.testing.assert_allclose(
+        normalize_percentile(inverted, polarity="bright_objects"),
+        normalize_percentile(dark), atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        normalize_zscore(inverted, polarity="bright_objects"),
+        normalize_zscore(dark), atol=1e-5,
+    )
+    # the dark-background image itself is left as it is
+    np.testing.assert_array_equal(
+        normalize_percentile(dark, polarity="bright_objects"), normalize_percentile(dark)
+    )
+
+
+@pytest.mark.parametrize("normalize", [normalize_percentile, normalize_zscore])
+def test_unknown_polarity_is_refused(normalize):
+    with pytest.raises(ValueError, match=r"polarity must be one of \['as_is', 'bright_objects'\], got 'dark'"):
+        normalize(np.zeros((4, 4)), polarity="dark")

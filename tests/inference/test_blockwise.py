@@ -603,3 +603,54 @@ def test_unreachable_scheduler_is_one_line(rng, tmp_path):
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         one_line_error(ConnectionError, r"scheduler tcp://127.0.0.1:1 cannot be reached", predict_blockwise, make_model(), image, tmp_path / "out.zarr", scheduler="tcp://127.0.0.1:1")
     assert not (tmp_path / "out.zarr").exists()  # checked before the target is created
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("normalization", ["percentile", "zscore"])
+def test_bright_objects_normalizes_as_in_memory(dtype, normalization, rng, monkeypatch):
+    """Channel 0 has a bright background and is inverted, channel 1 is kept, both exactly
+    as data.normalize does it with the whole image in memory."""
+    import biounet.inference.blockwise_normalization as module
+
+    monkeypatch.setattr(module, "_REGION_PIXELS", 400)  # many ragged regions
+    image = rng.integers(10, 40, (2, 61, 47)).astype(dtype)
+    image[:, 20:30, 10:35] += 150  # objects on a quarter of the pixels
+    image[0] = 250 - image[0]
+    normalizer = _make_normalizer(
+        normalization, _open_source(image), (61, 47), _make_executor(None), "bright_objects"
+    )
+    in_memory = {"percentile": normalize_percentile, "zscore": normalize_zscore}[normalization]
+    expected = in_memory(image, axis=(1, 2), polarity="bright_objects")
+    np.testing.assert_array_equal(normalizer(image), expected)
+    assert normalizer.inverse[0] < 0 < normalizer.inverse[1]
+
+
+def test_bright_objects_prediction_equals_in_memory_and_changes_the_signature(rng, tmp_path):
+    model = make_model()
+    image = rng.integers(200, 255, (200, 230)).astype(np.uint8)
+    image[50:90, 60:120] = 20  # a dark object on a bright background
+    options = {"tile_shape": (76, 92), "normalization": "percentile"}
+    output = predict_blockwise(
+        model, image, tmp_path / "out.zarr", polarity="bright_objects", **options
+    )
+    normalized = normalize_percentile(image, polarity="bright_objects")[None]
+    expected = predict_tiled(model, normalized, tile_shape=(76, 92))
+    np.testing.assert_allclose(output[...], expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"differing in \[.polarity.\]"):
+        predict_blockwise(model, image, tmp_path / "out.zarr", **options)
+
+
+@pytest.mark.parametrize(
+    ("normalization", "polarity", "match"),
+    [
+        (None, "bright_objects", "needs normalization 'percentile' or 'zscore', got None"),
+        ("percentile", "dark", r"polarity must be one of \['as_is', 'bright_objects'\]"),
+    ],
+)
+def test_bad_polarity_is_refused_before_the_target_exists(normalization, polarity, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        predict_blockwise(
+            make_model(), np.zeros((100, 100), np.float32), tmp_path / "out.zarr",
+            normalization=normalization, polarity=polarity,
+        )
+    assert not (tmp_path / "out.zarr").exists()

@@ -363,3 +363,13 @@ def test_closed_rand_validation_scores_the_map_with_its_gaps_closed(tmp_path):
         with pytest.raises(ValueError, match="closed_rand closes the membranes of a two-class"):
             Trainer(model_config=model, train_config=TrainConfig(validation_metric="closed_rand"),
                     augment_config=None, train_images=[], val_images=[], run_dir=tmp_path, progress=False)
+
+
+def test_weight_files_record_normalization_and_polarity(tmp_path, rng):
+    from biounet.weightfile import stored_preprocessing
+
+    make_trainer(
+        tmp_path, synthetic_items(rng), 5, augment=None, normalization="zscore", polarity="bright_objects"
+    ).fit()
+    for name in ("best.safetensors", "model.safetensors"):
+        assert stored_preprocessing(tmp_path / name) == {"normalization": "zscore", "polarity": "bright_objects"}

@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     package.add_argument(
         "--normalization",
         choices=("percentile", "zscore", "none"),
-        default="percentile",
-        help="input normalisation the model was trained with (default: percentile)",
+        default=None,
+        help="input normalisation the model was trained with (default: as its weight file "
+        "records; else percentile)",
     )
     package.add_argument(
         "--test-image", help="TIFF/PNG whose centre becomes the test tensor and cover image"
@@ -56,12 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from biounet.data.io import check_output_path
-    from biounet.weightfile import load_model
+    from biounet.weightfile import load_model, stored_preprocessing
 
     out = check_output_path(args.out, name="--out")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"output {out} already exists; pass --overwrite to replace it")
     model = load_model(args.model)
+    stored = stored_preprocessing(args.model)
+    if args.normalization is None:
+        args.normalization = stored["normalization"]
+    if args.format == "bioimageio" and stored["polarity"] != "as_is":
+        raise ValueError(
+            f"--model {args.model} was trained with polarity {stored['polarity']}, which "
+            "inverts bright-background images before the network; bioimage.io "
+            "preprocessing cannot say that: export --format onnx or torchscript instead"
+        )
     if args.tile_shape is not None and len(args.tile_shape) != model.config.ndim:
         raise ValueError(
             f"--tile-shape needs {model.config.ndim} values for this {model.config.ndim}-D "

@@ -49,6 +49,7 @@ from biounet.cli.postprocess_args import (
 )
 
 BACKENDS = ("torch", "onnxruntime")
+POLARITIES = ("as_is", "bright_objects")  # biounet.data.normalize.POLARITIES, kept light
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,8 +93,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--normalization",
         choices=("percentile", "zscore", "none"),
-        default="percentile",
-        help="intensity normalisation (default: 1st-99.8th percentile to 0-1)",
+        default=None,
+        help="intensity normalisation (default: what the model was trained with, as its "
+        "weight file records; else 1st-99.8th percentile to 0-1)",
+    )
+    parser.add_argument(
+        "--polarity",
+        choices=POLARITIES,
+        default=None,
+        help="bright_objects: invert images with a brighter background than objects "
+        "(brightfield, H&E) as they are normalised (default: what the model was trained "
+        "with, as its weight file records; else as_is)",
     )
     parser.add_argument(
         "--save-probabilities", action="store_true", help="also write all class probabilities"
@@ -171,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
             "--instances; add --instances"
         )
     postprocess_config(args, boundary_class=None)  # bad values fail before any work
+    _resolve_preprocessing(args)
     if predict_zarr.wants_zarr(args):
         return predict_zarr.run(args)
     predict_zarr.refuse_zarr_options(args)
@@ -253,6 +264,33 @@ def _load_network(model_path: str, *, backend: str, check):
         network = load_model(model_path)
     check(network.config)
     return network
+
+
+def _resolve_preprocessing(args: argparse.Namespace) -> None:
+    """Fill --normalization and --polarity, where not given, from the weight files.
+
+    The members of an ensemble must agree on what they record; a flag given on the
+    command line overrides what the files say.
+    """
+    from biounet.weightfile import stored_preprocessing
+
+    stored = [stored_preprocessing(path) for path in args.model]
+    for key in ("normalization", "polarity"):
+        if getattr(args, key) is not None:
+            continue
+        values = {path: found[key] for path, found in zip(args.model, stored)}
+        if len(set(values.values())) > 1:
+            recorded = ", ".join(f"--model {path}: {value}" for path, value in values.items())
+            raise ValueError(
+                f"the models were trained with different {key} ({recorded}); pass "
+                f"--{key} to choose one"
+            )
+        setattr(args, key, stored[0][key])
+    if args.polarity != "as_is" and args.normalization == "none":
+        raise ValueError(
+            f"--polarity {args.polarity} inverts as it normalises: it needs --normalization "
+            "percentile or zscore, got none"
+        )
 
 
 def _check_unique_stems(paths: list[Path]) -> None:

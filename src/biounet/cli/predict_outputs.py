@@ -100,7 +100,11 @@ def predict_file(
     for index, page in enumerate(pages):
         name = f"IMAGE {path}" + (f" page {index}" if len(pages) > 1 else "")
         image = prepare_page(
-            page, in_channels=config.in_channels, normalization=args.normalization, name=name
+            page,
+            in_channels=config.in_channels,
+            normalization=args.normalization,
+            polarity=args.polarity,
+            name=name,
         )
         results.append(
             predict_ensemble(

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         normalization=NORMALIZATIONS[args.normalization],
         tta=args.tta,
+        polarity=args.polarity,
     )
     _finish_group(target, probabilities)
     return 0

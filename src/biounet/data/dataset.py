@@ -47,13 +47,17 @@ class TrainingImage:
     labels: np.ndarray
 
 
-def normalize(image: np.ndarray, method: str) -> np.ndarray:
-    """Normalise a (C, *spatial) image channel by channel ("percentile" or "zscore")."""
+def normalize(image: np.ndarray, method: str, polarity: str = "as_is") -> np.ndarray:
+    """Normalise a (C, *spatial) image channel by channel ("percentile" or "zscore").
+
+    `polarity` "bright_objects" inverts the channels with a bright background
+    (`biounet.data.normalize.bright_background`) as it scales them.
+    """
     axes = tuple(range(1, image.ndim))
     if method == "percentile":
-        return normalize_percentile(image, axis=axes)
+        return normalize_percentile(image, axis=axes, polarity=polarity)
     if method == "zscore":
-        return normalize_zscore(image, axis=axes)
+        return normalize_zscore(image, axis=axes, polarity=polarity)
     raise ValueError(f"normalization must be 'percentile' or 'zscore', got {method!r}")
 
 
@@ -100,7 +104,9 @@ def make_training_image(
         target, weights = _target_and_weights(name, labels, model_config, train_config)
     return TrainingImage(
         name=name,
-        image=normalize(image.astype(np.float32), train_config.normalization),
+        image=normalize(
+            image.astype(np.float32), train_config.normalization, train_config.polarity
+        ),
         target=target,
         weights=weights.astype(np.float32),
         labels=labels.astype(np.int32),

@@ -41,6 +41,7 @@ def prepare_page(
     *,
     in_channels: int,
     normalization: str = "percentile",
+    polarity: str = "as_is",
     name: str = "image",
 ) -> np.ndarray:
     """Return one page as float32 (C, *spatial), normalised, with C = `in_channels`.
@@ -49,7 +50,9 @@ def prepare_page(
     grey stored as RGB (R = G = B) is accepted as grey. Normalisation
     "percentile" maps the 1st/99.8th percentiles to 0/1 per channel (CSBDeep's
     convention), "zscore" gives zero mean and unit variance, "none" keeps values.
-    Use what the model was trained with (`TrainConfig.normalization`).
+    Use what the model was trained with (`TrainConfig.normalization` and
+    `TrainConfig.polarity`: "bright_objects" inverts a channel with a bright background
+    as it normalises it, and needs "percentile" or "zscore").
     """
     page = np.asarray(page)
     if page.dtype.kind not in "biuf":
@@ -84,10 +87,15 @@ def prepare_page(
         )
     spatial = tuple(range(1, array.ndim))
     if normalization == "percentile":
-        return normalize_percentile(array, axis=spatial)
+        return normalize_percentile(array, axis=spatial, polarity=polarity)
     if normalization == "zscore":
-        return normalize_zscore(array, axis=spatial)
+        return normalize_zscore(array, axis=spatial, polarity=polarity)
     if normalization == "none":
+        if polarity != "as_is":
+            raise ValueError(
+                f"polarity {polarity!r} inverts as it normalises: it needs normalization "
+                "'percentile' or 'zscore', got 'none'"
+            )
         return array
     raise ValueError(
         f"normalization must be 'percentile', 'zscore' or 'none', got {normalization!r}"

@@ -77,6 +77,7 @@ def predict_blockwise(
     progress: bool = False,
     normalization: Normalization = None,
     tta: bool = False,
+    polarity: str = "as_is",
 ):
     """Predict per-class probabilities of an image larger than memory into a zarr array.
 
@@ -113,6 +114,10 @@ def predict_blockwise(
             sees blocks, not the image) and must not modify its input.
         tta: average every member over the 8 flips/rotations (2-D) or axis flips (3-D)
             of `biounet.inference.tta`: 8 predictions per block, 8x the time.
+        polarity: "as_is", or "bright_objects" (with "percentile" or "zscore"): a
+            channel with a bright background is inverted as it is normalised, as
+            `biounet.data.normalize` does in memory (`TrainConfig.polarity`); its median
+            costs no extra pass over the source for "percentile".
 
     Returns:
         The output zarr array, (n_classes, *spatial) float32 probabilities.
@@ -138,7 +143,7 @@ def predict_blockwise(
         spatial_shape = tuple(int(size) for size in opened.array.shape[-config.ndim :])
         passes = _plan_passes(models, spatial_shape, tile_shape, memory_budget, tta=tta)
         grid = passes[0].grid
-        _check_normalization(normalization)
+        _check_normalization(normalization, polarity)
         # Every check that needs no target comes first, so bad input leaves no target behind.
         executor = _make_executor(scheduler)
         try:
@@ -148,18 +153,24 @@ def predict_blockwise(
             # a resumed target may be finished already: then only if blocks remain.
             fresh = not resume or _is_new_target(target)
             if fresh:
-                normalizer = _make_normalizer(normalization, opened, spatial_shape, executor)
+                normalizer = _make_normalizer(
+                    normalization, opened, spatial_shape, executor, polarity
+                )
             output, blocks = _open_target(
                 target, (config.n_classes, *spatial_shape), grid, block_shape, resume=resume
             )
             tiles = _tiles_per_block(grid, blocks)
             specs = tuple(_ModelSpec.from_model(member) for member in models)
-            signature = _signature(specs, passes, blocks, normalization, tta=tta)
+            signature = _signature(
+                specs, passes, blocks, normalization, tta=tta, polarity=polarity
+            )
             record = _Record(output, signature, resume=resume)
             output.attrs.update(_output_scale_metadata(opened, config.ndim))
             if len(record.done) < len(tiles):
                 if not fresh:
-                    normalizer = _make_normalizer(normalization, opened, spatial_shape, executor)
+                    normalizer = _make_normalizer(
+                        normalization, opened, spatial_shape, executor, polarity
+                    )
                 largest = max(map(len, tiles.values()))
                 first = dataclasses.replace(
                     passes[0], batch_size=min(passes[0].batch_size, largest)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from biounet.data.normalize import working_dtype
+from biounet.data.normalize import POLARITIES, POLARITY_PERCENTILES, working_dtype
 from biounet.inference.blockwise_source import _SourceReference
 
 NORMALIZATIONS = ("percentile", "zscore")
@@ -34,7 +34,14 @@ _MAX_BATCH = 64  # or two per cluster thread up to this: 64 x 2 MB histograms pe
 Normalization = str | Callable[[np.ndarray], np.ndarray] | None
 
 
-def _check_normalization(normalization: Normalization) -> None:
+def _check_normalization(normalization: Normalization, polarity: str = "as_is") -> None:
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {list(POLARITIES)}, got {polarity!r}")
+    if polarity != "as_is" and normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"polarity {polarity!r} inverts as it normalises: it needs normalization "
+            f"'percentile' or 'zscore', got {normalization!r}"
+        )
     if normalization is None or callable(normalization):
         return
     if normalization not in NORMALIZATIONS:
@@ -44,8 +51,13 @@ def _check_normalization(normalization: Normalization) -> None:
         )
 
 
-def _make_normalizer(normalization: Normalization, opened, spatial_shape, executor):
+def _make_normalizer(
+    normalization: Normalization, opened, spatial_shape, executor, polarity: str = "as_is"
+):
     """Return a per-window function applying `normalization` with whole-image statistics.
+
+    `polarity` "bright_objects" inverts the channels with a bright background, as
+    `biounet.data.normalize` does in memory.
 
     A float source fed as it is (None) is read once to refuse NaN, infinity and values
     float32 cannot hold, which would otherwise fail a block after the target exists.
@@ -69,9 +81,16 @@ def _make_normalizer(normalization: Normalization, opened, spatial_shape, execut
         _gathered(executor, _region_check, opened, arguments, reduce=lambda *_: None)
         return None
     if normalization == "percentile":
-        return _percentile_affine(opened, regions, executor)
+        return _percentile_affine(opened, regions, executor, polarity)
     parts = _gathered(executor, _region_moments, opened, [(region,) for region in regions])
-    return _zscore_affine(parts, working_dtype(opened.array.dtype))
+    affine = _zscore_affine(parts, working_dtype(opened.array.dtype))
+    if polarity == "as_is":
+        return affine
+    flips = [
+        _is_bright_background(*values)
+        for values in _percentiles(opened, regions, executor, POLARITY_PERCENTILES)
+    ]
+    return _Affine(affine.offset, np.where(flips, -affine.inverse, affine.inverse))
 
 
 def _gathered(executor, function, opened, arguments, *, reduce=None):
@@ -144,26 +163,46 @@ def _first_position(mask: np.ndarray, block: np.ndarray, region) -> str:
     return position
 
 
-def _percentile_affine(opened, regions, executor) -> _Affine:
-    """Map each channel's 1st and 99.8th percentiles to 0 and 1, as normalize_percentile."""
+def _percentile_affine(opened, regions, executor, polarity: str = "as_is") -> _Affine:
+    """Map each channel's 1st and 99.8th percentiles to 0 and 1, as normalize_percentile.
+
+    With `polarity` "bright_objects" a channel with a bright background (its median
+    above the midpoint of the two) is normalised as its negative would be, as in memory.
+    """
+    low, high = _PERCENTILES
+    flipping = polarity == "bright_objects"
+    # the percentiles of -source are the negated mirrored ones; the rule's come last
+    mirrored = (100 - high, 100 - low, *POLARITY_PERCENTILES) if flipping else ()
+    offsets, inverses = [], []
+    for values in _percentiles(opened, regions, executor, (low, high, *mirrored)):
+        flip = flipping and _is_bright_background(*values[4:])
+        bottom, top = values[2:4] if flip else values[:2]
+        divisor = top - bottom + 1e-20 if top > bottom else 1.0
+        offsets.append(top if flip else bottom)
+        inverses.append(-1.0 / divisor if flip else 1.0 / divisor)
+    # cast as normalize_percentile casts np.percentile's float64 figures
+    copy = working_dtype(opened.array.dtype)
+    return _Affine(np.array(offsets).astype(copy), np.array(inverses).astype(copy))
+
+
+def _is_bright_background(low: float, median: float, high: float) -> bool:
+    # data.normalize.bright_background's rule, on the same float64 figures
+    return median > (low + high) / 2
+
+
+def _percentiles(opened, regions, executor, percentiles) -> list[list[float]]:
+    """Per channel, `percentiles` of the whole source, as `np.percentile` gives them."""
     shape = opened.array.shape
     n_channels = shape[0] if len(shape) > len(regions[0]) else 1
     n_values = math.prod(shape[-len(regions[0]) :])
-    positions = [q / 100 * (n_values - 1) for q in _PERCENTILES]
+    positions = [q / 100 * (n_values - 1) for q in percentiles]
     neighbours = [(math.floor(p), min(math.floor(p) + 1, n_values - 1)) for p in positions]
     ranks = sorted({rank for pair in neighbours for rank in pair})
     copy = working_dtype(opened.array.dtype)
-    offsets, inverses = [], []
-    for values in _order_statistics(opened, regions, executor, n_channels, ranks):
-        bottom, top = (
-            _lerp(values[low], values[high], p, copy)
-            for (low, high), p in zip(neighbours, positions)
-        )
-        divisor = top - bottom + 1e-20 if top > bottom else 1.0
-        offsets.append(bottom)
-        inverses.append(1.0 / divisor)
-    # cast as normalize_percentile casts np.percentile's float64 figures
-    return _Affine(np.array(offsets).astype(copy), np.array(inverses).astype(copy))
+    return [
+        [_lerp(values[low], values[high], p, copy) for (low, high), p in zip(neighbours, positions)]
+        for values in _order_statistics(opened, regions, executor, n_channels, ranks)
+    ]
 
 
 def _order_statistics(opened, regions, executor, n_channels: int, ranks: list[int]):

@@ -156,12 +156,14 @@ def _signature(
     normalization: Normalization,
     *,
     tta: bool,
+    polarity: str = "as_is",
 ) -> dict:
     """What must match for a finished block of an earlier run to be kept.
 
     One network without `tta` keeps the signature of earlier versions, so their
     targets resume; an ensemble adds every member, `tta` says so, and either adds the
-    tile shape of every pass (member by member, transform by transform).
+    tile shape of every pass (member by member, transform by transform); a polarity
+    other than "as_is" is recorded too.
     """
     if callable(normalization):
         normalization = f"callable {getattr(normalization, '__qualname__', '?')}"
@@ -180,6 +182,8 @@ def _signature(
         ]
     if tta:
         signature["tta"] = True
+    if polarity != "as_is":
+        signature["polarity"] = polarity
     if len(passes) > 1:
         signature["tile_shapes"] = [one.grid.tile_shape for one in passes]
     return json.loads(json.dumps(signature))  # tuples become lists, as stored

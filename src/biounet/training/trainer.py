@@ -344,7 +344,7 @@ class Trainer:
         )
 
     def _weight_metadata(self) -> dict[str, str]:
-        return {"normalization": self.config.normalization}
+        return {"normalization": self.config.normalization, "polarity": self.config.polarity}
 
 
 def _without_iterations(configs: dict) -> dict:
