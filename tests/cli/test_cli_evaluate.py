@@ -79,6 +79,8 @@ def test_post_processing_flags_shape_the_objects_of_probability_maps(tmp_path):
         ([], PostprocessConfig()),
         (["--min-size", "4"], PostprocessConfig(min_size=4)),
         (["--threshold", "0.7"], PostprocessConfig(threshold=0.7)),
+        (["--seed-prominence", "3"], PostprocessConfig(min_seed_prominence_px=3.0)),
+        (["--distance-sigma", "0"], PostprocessConfig(distance_sigma_px=0.0)),
     ):
         out = tmp_path / f"r{len(flags)}{''.join(flags)}.json"
         assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance", "--out", str(out), *flags]) == 0
@@ -208,3 +210,22 @@ def test_close_boundaries_changes_the_isbi_maps_only(tmp_path, capsys):
     assert main([*args, "--metrics", "isbi", "--close-boundaries"]) == 2
     error = capsys.readouterr().err.strip()
     assert "a_probability.tif is a float map with values in [2, 2]" in error
+
+
+def test_distance_seed_flags_are_checked(tmp_path, capsys):
+    labels = np.zeros((30, 30), np.uint16)
+    labels[4:14, 4:14] = 1
+    gt, pred = ground_truth_folder(tmp_path, labels)
+    tifffile.imwrite(pred / "a_probability.tif", np.where(labels > 0, 0.9, 0.1).astype(np.float32))
+    common = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance"]
+    for flags, message in (
+        (["--seed-prominence", "0"], "--seed-prominence must be > 0 (px), got 0.0"),
+        (["--distance-sigma", "-1"], "--distance-sigma must be >= 0 (px), got -1.0"),
+        (["--seed-prominence", "2", "--no-watershed"],
+         "--seed-prominence selects the distance seeds of the watershed; this run uses --no-watershed"),
+        (["--distance-sigma", "2", "--seeds", "probability"],
+         "--distance-sigma smooths the distance seeds of the watershed; this run uses probability seeds"),
+    ):
+        assert main([*common, *flags]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and len(error.splitlines()) == 1, error

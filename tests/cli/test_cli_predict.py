@@ -201,6 +201,8 @@ def test_post_processing_help_names_the_library_defaults():
     defaults = PostprocessConfig()
     assert f"(default: {defaults.threshold})" in helps["threshold"]
     assert f"(default: {defaults.min_size})" in helps["min_size"]
+    assert f"(default: {defaults.min_seed_prominence_px})" in helps["seed_prominence"]
+    assert f"(default: {defaults.distance_sigma_px:g})" in helps["distance_sigma"]
     assert defaults.watershed is True  # --no-watershed turns off what is on by default
     assert SEEDS == SEED_METHODS and defaults.seeds == "distance"
 

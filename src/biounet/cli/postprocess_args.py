@@ -8,8 +8,11 @@ building the parser does not import scikit-image; the defaults named in the help
 from __future__ import annotations
 
 import argparse
+import math
 
-FLAGS = ("threshold", "min_size", "no_watershed", "seeds", "spacing")
+FLAGS = (
+    "threshold", "min_size", "no_watershed", "seeds", "seed_prominence", "distance_sigma", "spacing"
+)
 SEEDS = ("distance", "probability", "interior")
 
 
@@ -20,7 +23,8 @@ def add_postprocess_arguments(
     with_interior: bool = True,
     spacing_default: str = "1 on every axis",
 ) -> None:
-    """Add --threshold, --min-size, --no-watershed, --seeds and --spacing; `used_by` says when.
+    """Add --threshold, --min-size, --no-watershed, --seeds, --seed-prominence,
+    --distance-sigma and --spacing; `used_by` says when.
 
     `with_interior`: offer interior seeds (only a command with the model has them).
     `spacing_default`: what --spacing is when not given, for its help."""
@@ -59,6 +63,21 @@ def add_postprocess_arguments(
         "--seeds",
         choices=SEEDS if with_interior else SEEDS[:2],
         help=seeds_help,
+    )
+    group.add_argument(
+        "--seed-prominence",
+        type=float,
+        metavar="PX",
+        help="distance seeds: how far (px) a maximum of the distance to the background "
+        "must rise above the saddle to a higher one to seed its own object; larger merges "
+        "more (default: 1.5)",
+    )
+    group.add_argument(
+        "--distance-sigma",
+        type=float,
+        metavar="PX",
+        help="distance seeds: Gaussian smoothing (px) of the distance before its maxima "
+        "are taken; 0 turns it off (default: 1)",
     )
     group.add_argument(
         "--spacing",
@@ -109,16 +128,33 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool | None 
     from biounet.config import check_spacing
 
     spacing = check_spacing(args.spacing, name="--spacing")
-    if spacing is not None and (args.no_watershed or seeds != "distance"):
-        used = "--no-watershed" if args.no_watershed else f"{seeds} seeds"
-        raise ValueError(
-            f"--spacing measures the distance seeds of the watershed; this run uses {used}: "
-            "drop --spacing or use --seeds distance"
-        )
+    prominence = defaults.min_seed_prominence_px
+    if args.seed_prominence is not None:
+        prominence = args.seed_prominence
+        if not (math.isfinite(prominence) and prominence > 0):
+            raise ValueError(f"--seed-prominence must be > 0 (px), got {prominence}")
+    sigma = defaults.distance_sigma_px
+    if args.distance_sigma is not None:
+        sigma = args.distance_sigma
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise ValueError(f"--distance-sigma must be >= 0 (px), got {sigma}")
+    for flag, value, verb in (
+        ("--seed-prominence", args.seed_prominence, "selects"),
+        ("--distance-sigma", args.distance_sigma, "smooths"),
+        ("--spacing", spacing, "measures"),
+    ):
+        if value is not None and (args.no_watershed or seeds != "distance"):
+            used = "--no-watershed" if args.no_watershed else f"{seeds} seeds"
+            raise ValueError(
+                f"{flag} {verb} the distance seeds of the watershed; this run uses {used}: "
+                f"drop {flag} or use --seeds distance"
+            )
     return PostprocessConfig(
         threshold=threshold,
         min_size=min_size,
         watershed=not args.no_watershed,
         seeds=seeds,
+        min_seed_prominence_px=prominence,
+        distance_sigma_px=sigma,
         spacing=spacing,
     )
