@@ -5,6 +5,7 @@ import pytest
 
 from biounet.evaluation import as_probabilities, evaluate, parse_metric_groups
 from biounet.metrics.matching import match_instances
+from biounet.postprocess import PostprocessConfig
 
 
 def two_cells():
@@ -64,3 +65,44 @@ def test_3d_volumes_match_instances_in_3d_and_isbi_errors_slice_by_slice():
     split[3:][split[3:] == 2] = 3
     row = evaluate([("v", truth, split)], metrics="instance,ctc").rows[0]
     assert row["n_pred"] == 3 and row["ap_50"] < 1 and row["seg"] < 1
+
+
+def two_touching_discs():
+    """Two discs joined by a neck of probability 0.55: merged at threshold 0.5, split above."""
+    y, x = np.mgrid[:40, :60]
+    labels = np.zeros((40, 60), np.int32)
+    labels[(y - 20) ** 2 + (x - 18) ** 2 < 100] = 1
+    labels[(y - 20) ** 2 + (x - 41) ** 2 < 100] = 2
+    probability = np.where(labels > 0, 0.95, 0.05).astype(np.float32)
+    neck = (abs(y - 20) <= 4) & (x >= 26) & (x <= 33)
+    probability[neck & (labels == 0)] = 0.55
+    return labels, probability
+
+
+def test_select_postprocess_picks_the_first_best_candidate():
+    from biounet.evaluation import POSTPROCESS_GRID, select_postprocess
+
+    labels, probability = two_touching_discs()
+    candidates = [
+        PostprocessConfig(watershed=False),  # merges the discs
+        PostprocessConfig(threshold=0.6, watershed=False),  # cuts the neck
+        PostprocessConfig(threshold=0.7, watershed=False),  # so does this: a tie
+    ]
+    chosen, rows = select_postprocess([("a", labels, probability)], candidates=candidates)
+    scores = [evaluate([("a", labels, probability)], metrics="instance", postprocess=c).overall["ap_50"] for c in candidates]
+    assert [row["ap_50"] for row in rows] == scores
+    assert scores[0] < scores[1] == scores[2] == 1.0
+    assert chosen == candidates[1]
+    assert POSTPROCESS_GRID[0] == PostprocessConfig() and len(set(POSTPROCESS_GRID)) == len(POSTPROCESS_GRID)
+
+
+def test_select_postprocess_refuses_bad_input():
+    from biounet.evaluation import select_postprocess
+
+    labels, probability = two_touching_discs()
+    with pytest.raises(ValueError, match="metric must be one of .*got 'rand'"):
+        select_postprocess([("a", labels, probability)], metric="rand")
+    with pytest.raises(ValueError, match="prediction a is a label image"):
+        select_postprocess([("a", labels, labels)])
+    with pytest.raises(ValueError, match="at least one"):
+        select_postprocess([("a", labels, probability)], candidates=[])

@@ -164,3 +164,31 @@ def test_boundary_class_run_scores_instances_seeded_by_the_interior(tmp_path, rn
     ]
     expected = evaluate(predictions, metrics="ctc,instance").overall
     assert {key: results["overall"][key] for key in expected} == expected
+
+
+def test_post_processing_is_chosen_on_validation_and_applied_to_test(tmp_path, rng, tiny_preset):
+    from biounet.config import TrainConfig
+    from biounet.data.dataset import training_images
+    from biounet.evaluation import evaluate, select_postprocess
+    from biounet.inference.predict import predict_tiled
+    from biounet.weightfile import load_model
+
+    write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
+    split = reproduce.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
+    results = reproduce.run_experiment("ctc", split, tmp_path / "run", iterations=4, progress=False, tta=False)
+    model = load_model(tmp_path / "run" / "train" / "best.safetensors")
+
+    def maps(samples):
+        items = training_images(samples, model_config=model.config, train_config=TrainConfig())
+        return [(item.name, item.labels, predict_tiled(model, item.image)[1]) for item in items]
+
+    chosen, candidates = select_postprocess(maps(split.val), metric="seg")  # on validation only
+    recorded = results["postprocess"]
+    assert recorded["selected_by"] == "seg on the 1 validation images"
+    assert recorded["candidates"] == candidates
+    assert (recorded["threshold"], recorded["min_seed_prominence_px"], recorded["distance_sigma_px"]) == (
+        chosen.threshold, chosen.min_seed_prominence_px, chosen.distance_sigma_px)
+    test = maps(split.test)
+    assert results["overall"]["seg"] == evaluate(test, metrics="ctc,instance", postprocess=chosen).overall["seg"]
+    assert recorded["test_with_defaults"] == evaluate(test, metrics="ctc,instance").overall
+    assert f"--threshold {chosen.threshold:g} --seed-prominence" in reproduce.format_results(results)

@@ -174,3 +174,73 @@ def _instance_row(truth, instances, matches: list, dsb_scores: list) -> dict:
         "ap_50": at_half.average_precision,
         "dsb_score": dsb,
     }
+
+
+# Distance-seed settings `select_postprocess` tries: the default first, so that a tie
+# keeps it. Thresholds above 0.5 cut the thin necks between touching nuclei; larger
+# prominences and smoothing merge the spurious maxima of ragged or elongated objects.
+POSTPROCESS_GRID = tuple(
+    PostprocessConfig(threshold=t, min_seed_prominence_px=p, distance_sigma_px=s)
+    for t, p, s in [(0.5, 1.5, 1.0)]
+    + [
+        (t, p, s)
+        for t in (0.4, 0.5, 0.6, 0.7)
+        for p in (1.0, 1.5, 2.0, 3.0)
+        for s in (1.0, 2.0)
+        if (t, p, s) != (0.5, 1.5, 1.0)
+    ]
+)
+
+
+def select_postprocess(
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    metric: str = "ap_50",
+    candidates: Sequence[PostprocessConfig] = POSTPROCESS_GRID,
+) -> tuple[PostprocessConfig, list[dict]]:
+    """Pick the post-processing that scores best on held-out (validation) predictions.
+
+    As nnU-Net chooses its post-processing on the cross-validation folds, not on the
+    test set: every candidate turns the probability maps of `pairs` into instances and
+    is scored with `evaluate`; the first of the best wins, so ties keep the earlier
+    candidate (`POSTPROCESS_GRID` starts with the defaults).
+
+    Args:
+        pairs: (name, ground-truth labels, foreground probability map) triples.
+        metric: an overall figure of the "ctc" or "instance" group to maximise:
+            "ap_50", "f1_50", "dsb_score" or "seg".
+        candidates: the configs to try.
+
+    Returns:
+        The best config, and one row per candidate: its threshold, prominence and
+        smoothing with the score.
+
+    Raises:
+        ValueError: for an unknown `metric`, no candidates, or label images in `pairs`
+            (post-processing needs probability maps).
+    """
+    groups = {"ap_50": "instance", "f1_50": "instance", "dsb_score": "instance", "seg": "ctc"}
+    if metric not in groups:
+        raise ValueError(f"metric must be one of {sorted(groups)}, got {metric!r}")
+    if not candidates:
+        raise ValueError("candidates must hold at least one PostprocessConfig")
+    for name, _, prediction in pairs:
+        if np.asarray(prediction).dtype.kind in "biu":
+            raise ValueError(
+                f"prediction {name} is a label image; post-processing is chosen on "
+                "probability maps"
+            )
+    rows, best, best_score = [], None, -math.inf
+    for candidate in candidates:
+        score = evaluate(pairs, metrics=groups[metric], postprocess=candidate).overall[metric]
+        rows.append(
+            {
+                "threshold": candidate.threshold,
+                "min_seed_prominence_px": candidate.min_seed_prominence_px,
+                "distance_sigma_px": candidate.distance_sigma_px,
+                metric: score,
+            }
+        )
+        if score > best_score:
+            best, best_score = candidate, score
+    return (best if best is not None else candidates[0]), rows  # all NaN: the first

@@ -119,7 +119,7 @@ def run_experiment(
     ({"model": {...}, "train": {...}, "augment": {...}}) change the preset's fields.
     """
     from biounet.data.dataset import training_images
-    from biounet.evaluation import evaluate
+    from biounet.evaluation import evaluate, select_postprocess
     from biounet.inference.predict import predict_tiled
     from biounet.inference.tta import predict_tta
     from biounet.training.presets import preset, replace_train
@@ -160,7 +160,26 @@ def run_experiment(
         for item in test
     ]
     groups = "isbi" if experiment == "isbi2012" else "ctc,instance"
-    report = evaluate(predictions, metrics=groups)
+    chosen = None
+    if experiment != "isbi2012" and not config.model.boundary_class and val:
+        # instances: threshold and watershed seeds chosen on the validation ids, never test
+        selection_metric = "ap_50" if experiment == "dsb2018" else "seg"
+        validation = [
+            (item.name, item.labels, _prediction(predict(model, item.image), config.model))
+            for item in val
+        ]
+        postprocess, candidates = select_postprocess(validation, metric=selection_metric)
+        chosen = {
+            "selected_by": f"{selection_metric} on the {len(val)} validation images",
+            "threshold": postprocess.threshold,
+            "min_seed_prominence_px": postprocess.min_seed_prominence_px,
+            "distance_sigma_px": postprocess.distance_sigma_px,
+            "candidates": candidates,
+            "test_with_defaults": evaluate(predictions, metrics=groups).overall,
+        }
+    else:
+        postprocess = None
+    report = evaluate(predictions, metrics=groups, postprocess=postprocess)
     if experiment == "ctc":
         report.overall["foreground_iou"] = _foreground_iou(predictions)
     results = {
@@ -177,6 +196,8 @@ def run_experiment(
         "overall": report.overall,
         "images": report.rows,
     }
+    if chosen is not None:
+        results["postprocess"] = chosen
     if experiment == "isbi2012":
         from biounet.boundaries import close_boundaries
 
@@ -233,6 +254,19 @@ def format_results(results: dict) -> str:
         lines.append(
             "  note: the paper's figures are on the challenge's hidden test set; "
             "these are on training slices 20-29, held out from training and selection"
+        )
+    chosen = results.get("postprocess")
+    if chosen:
+        lines.append(
+            f"  post-processing chosen by {chosen['selected_by']}: biounet predict "
+            f"--instances --threshold {chosen['threshold']:g} --seed-prominence "
+            f"{chosen['min_seed_prominence_px']:g} --distance-sigma "
+            f"{chosen['distance_sigma_px']:g}"
+        )
+        defaults = chosen["test_with_defaults"]
+        lines.append(
+            "  with the default post-processing: "
+            + ", ".join(f"{key} {defaults[key]:.4f}" for key in ("ap_50", "seg") if key in defaults)
         )
     if "paper_table_2_iou" in results:
         lines.append(f"  paper, Table 2 IoU: {results['paper_table_2_iou']} (challenge test set)")
