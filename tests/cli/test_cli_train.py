@@ -219,3 +219,14 @@ def test_boundary_class_from_the_command_line(tmp_path, rng, capsys):
     from biounet.weightfile import load_model
 
     assert load_model(tmp_path / "run" / "best.safetensors").config.boundary_class
+
+
+def test_polarity_flag_reaches_the_config_and_the_weight_file(tmp_path, rng, tiny_config):
+    from biounet.weightfile import stored_preprocessing
+
+    data = write_pairs(tmp_path / "data", rng)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--quiet", "--config", str(tiny_config)]
+    assert main([*args, "--iterations", "2", "--polarity", "bright_objects"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["polarity"] == "bright_objects"
+    assert stored_preprocessing(run / "model.safetensors")["polarity"] == "bright_objects"

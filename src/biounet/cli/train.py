@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bfloat16: autocast forward pass, float32 weights (faster on AVX512-BF16/AMX CPUs)",
     )
     train.add_argument(
+        "--polarity",
+        choices=("as_is", "bright_objects"),
+        help="bright_objects: normalise images with a brighter background than objects "
+        "(brightfield, H&E) as their negatives, so that the network sees bright objects "
+        "only; recorded in the weight files for predict (default: as_is)",
+    )
+    train.add_argument(
         "--skeleton-recall",
         type=float,
         metavar="W",
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         validation_metric=args.validation_metric,
         precision=args.precision,
         skeleton_recall=args.skeleton_recall,
+        polarity=args.polarity,
         spacing=tuple(args.spacing) if args.spacing else None,
     )
     _check_tile_shape(config)
