@@ -47,9 +47,9 @@ from biounet.cli.postprocess_args import (
     given_postprocess_flags,
     postprocess_config,
 )
+from biounet.data.normalize import POLARITIES
 
 BACKENDS = ("torch", "onnxruntime")
-POLARITIES = ("as_is", "bright_objects")  # biounet.data.normalize.POLARITIES, kept light
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

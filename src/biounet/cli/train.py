@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from biounet.config import VALIDATION_METRICS
+from biounet.data.normalize import POLARITIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--polarity",
-        choices=("as_is", "bright_objects"),
+        choices=POLARITIES,
         help="bright_objects: normalise images with a brighter background than objects "
         "(brightfield, H&E) as their negatives, so that the network sees bright objects "
         "only; recorded in the weight files for predict (default: as_is)",
