@@ -13,6 +13,7 @@ import torch
 
 from biounet.config import UNetConfig
 from biounet.data.io import atomic_path, check_input_file
+from biounet.data.normalize import POLARITIES
 from biounet.model.unet import UNet
 
 FORMAT_VERSION = "1"
@@ -108,31 +109,57 @@ def read_weight_file(
 
 
 PREPROCESSING_DEFAULTS = {"normalization": "percentile", "polarity": "as_is"}
+_PREPROCESSING_CHOICES = {"normalization": ("percentile", "zscore"), "polarity": POLARITIES}
 
 
 def stored_preprocessing(path: str | os.PathLike) -> dict[str, str]:
     """How the images a model was trained on were normalised, from its weight file.
 
     The trainer stores `TrainConfig.normalization` and `TrainConfig.polarity` in the
-    metadata of model.safetensors and best.safetensors; what a file does not record (an
-    older file, an ONNX export, a bioimage.io package, whose rdf.yaml describes its own
-    preprocessing) reads as the defaults, percentile normalisation as it is. Only the
-    header is read; `load_model` verifies the tensors.
-    """
-    from safetensors import SafetensorError, safe_open
+    metadata of model.safetensors and best.safetensors, and `biounet export --format
+    onnx` copies them into the ONNX file's. What a file does not record (an older file,
+    a bioimage.io package, whose rdf.yaml describes its own preprocessing) reads as the
+    defaults, percentile normalisation as it is. Only the header is read; `load_model`
+    verifies the tensors.
 
+    Raises:
+        ValueError: naming the file, for a recorded value biounet does not know.
+    """
     found = dict(PREPROCESSING_DEFAULTS)
     path = Path(path)
-    if not path.is_file() or path.suffix.lower() == ".onnx" or zipfile.is_zipfile(path):
+    if not path.is_file() or zipfile.is_zipfile(path):
         return found  # a missing file is load_model's to report
+    metadata = _onnx_metadata(path) if path.suffix.lower() == ".onnx" else _header(path)
+    for key, choices in _PREPROCESSING_CHOICES.items():
+        value = metadata.get(key, found[key])
+        if value not in choices:
+            raise ValueError(
+                f"model {path} records {key} {value!r}; expected one of {list(choices)}"
+            )
+        found[key] = value
+    return found
+
+
+def _header(path: Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+            return handle.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError):
-        return found  # load_model names what is wrong with the file
-    for key in found:
-        found[key] = metadata.get(key, found[key])
-    return found
+        return {}  # load_model names what is wrong with the file
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    try:
+        import onnx
+    except ImportError:
+        return {}  # predicting an .onnx file needs onnxruntime, which says it is missing
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises protobuf's DecodeError and others: the backend reports
+        return {}
+    return {entry.key: entry.value for entry in proto.metadata_props}
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> UNet:

@@ -86,11 +86,14 @@ def test_ensemble_members_recording_different_polarities_are_refused(
     assert predict(first, path, tmp_path / "out", "--model", str(second), "--polarity", "as_is") == 0
 
 
-def test_polarity_without_normalization_is_refused(model_file, bright_background_png, tmp_path, capsys):
+def test_polarity_without_normalization_is_refused(tiny_unet, model_file, bright_background_png, tmp_path, capsys):
     path, _ = bright_background_png
     code = predict(model_file, path, tmp_path / "out", "--normalization", "none", "--polarity", "bright_objects")
     assert code == 2
-    assert "--polarity bright_objects inverts as it normalises" in one_line_error(capsys)
+    assert "--polarity 'bright_objects' normalises bright-background images as their negatives: it needs normalization 'percentile' or 'zscore', got 'none'" in one_line_error(capsys)
+    recorded = save_model(tiny_unet, tmp_path / "bright.safetensors", metadata={"polarity": "bright_objects"})
+    assert predict(recorded, path, tmp_path / "out", "--normalization", "none") == 2
+    assert f"--model {recorded} records polarity (pass --polarity as_is to drop it): 'bright_objects'" in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
 
 
@@ -99,5 +102,28 @@ def test_bioimageio_export_refuses_a_bright_objects_model(tiny_unet, tmp_path, c
     code = main(["export", "--model", str(recorded), "--format", "bioimageio", "--out", str(tmp_path / "m.zip")])
     assert code == 2
     error = capsys.readouterr().err.strip()
-    assert "polarity bright_objects" in error and "--format onnx or torchscript" in error
+    assert "polarity 'bright_objects'" in error and "export it as ONNX or TorchScript" in error
     assert len(error.splitlines()) == 1 and not (tmp_path / "m.zip").exists()
+
+
+def test_an_onnx_export_keeps_the_polarity_for_predict(tiny_unet, bright_background_png, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path, image = bright_background_png
+    recorded = save_model(tiny_unet, tmp_path / "bright.safetensors", metadata={"polarity": "bright_objects"})
+    onnx_file = tmp_path / "bright.onnx"
+    code = main(["export", "--model", str(recorded), "--format", "onnx", "--out", str(onnx_file), "--onnx-exporter", "legacy"])
+    assert code == 0
+    assert stored_preprocessing(onnx_file) == {"normalization": "percentile", "polarity": "bright_objects"}
+    assert predict(onnx_file, path, tmp_path / "a", "--backend", "onnxruntime") == 0
+    expected = predict_tiled(tiny_unet, normalize_percentile(image, polarity="bright_objects")[None])[1]
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "a" / "bright_probability.tif"), expected, atol=1e-4)
+
+
+def test_an_unknown_recorded_value_names_the_file(tiny_unet, bright_background_png, tmp_path, capsys):
+    path, _ = bright_background_png
+    odd = save_model(tiny_unet, tmp_path / "odd.safetensors", metadata={"polarity": "sideways"})
+    assert predict(odd, path, tmp_path / "out") == 2
+    error = one_line_error(capsys)
+    assert f"model {odd} records polarity 'sideways'; expected one of ['as_is', 'bright_objects']" in error

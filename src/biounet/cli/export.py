@@ -66,19 +66,13 @@ def run(args: argparse.Namespace) -> int:
     stored = stored_preprocessing(args.model)
     if args.normalization is None:
         args.normalization = stored["normalization"]
-    if args.format == "bioimageio" and stored["polarity"] != "as_is":
-        raise ValueError(
-            f"--model {args.model} was trained with polarity {stored['polarity']}, which "
-            "inverts bright-background images before the network; bioimage.io "
-            "preprocessing cannot say that: export --format onnx or torchscript instead"
-        )
     if args.tile_shape is not None and len(args.tile_shape) != model.config.ndim:
         raise ValueError(
             f"--tile-shape needs {model.config.ndim} values for this {model.config.ndim}-D "
             f"model, got {args.tile_shape}"
         )
     try:
-        path = _export(model, out, args)
+        path = _export(model, out, args, stored)
     except ImportError as error:  # an optional package is missing: one line, exit 2
         print(f"biounet export: error: {error}", file=sys.stderr)
         return 2
@@ -86,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(model, out: Path, args: argparse.Namespace) -> Path:
+def _export(model, out: Path, args: argparse.Namespace, stored: dict[str, str]) -> Path:
     tile_shape = tuple(args.tile_shape) if args.tile_shape else None
     if args.format == "torchscript":
         from biounet.export.torchscript import export_torchscript
@@ -102,6 +96,7 @@ def _export(model, out: Path, args: argparse.Namespace) -> Path:
             opset=args.opset,
             exporter=args.onnx_exporter,
             overwrite=args.overwrite,
+            preprocessing=stored,
         )
     from biounet.export.bioimageio import PackageInfo, export_bioimageio
 
@@ -111,6 +106,7 @@ def _export(model, out: Path, args: argparse.Namespace) -> Path:
         authors=tuple(args.author or PackageInfo.authors),
         license=args.license,
         normalization=args.normalization,
+        polarity=stored["polarity"],
     )
     test_image = _read_test_image(args.test_image, model.config, args.normalization)
     return export_bioimageio(

@@ -47,7 +47,7 @@ from biounet.cli.postprocess_args import (
     given_postprocess_flags,
     postprocess_config,
 )
-from biounet.data.normalize import POLARITIES
+from biounet.data.normalize import POLARITIES, check_polarity
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -275,6 +275,9 @@ def _resolve_preprocessing(args: argparse.Namespace) -> None:
     from biounet.weightfile import stored_preprocessing
 
     stored = [stored_preprocessing(path) for path in args.model]
+    source = "--polarity"
+    if args.polarity is None:
+        source = f"--model {args.model[0]} records polarity (pass --polarity as_is to drop it):"
     for key in ("normalization", "polarity"):
         if getattr(args, key) is not None:
             continue
@@ -286,11 +289,7 @@ def _resolve_preprocessing(args: argparse.Namespace) -> None:
                 f"--{key} to choose one"
             )
         setattr(args, key, stored[0][key])
-    if args.polarity != "as_is" and args.normalization == "none":
-        raise ValueError(
-            f"--polarity {args.polarity} inverts as it normalises: it needs --normalization "
-            "percentile or zscore, got none"
-        )
+    check_polarity(args.polarity, args.normalization, source=source)
 
 
 def _check_unique_stems(paths: list[Path]) -> None:

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=POLARITIES,
         help="bright_objects: normalise images with a brighter background than objects "
         "(brightfield, H&E) as their negatives, so that the network sees bright objects "
-        "only; recorded in the weight files for predict (default: as_is)",
+        "only; recorded in the weight files for predict (default: the --config's, else "
+        "as_is)",
     )
     train.add_argument(
         "--skeleton-recall",

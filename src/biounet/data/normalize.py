@@ -12,8 +12,9 @@ would be, so that objects are bright in every image a network sees; see
 
 All functions return new float32 arrays and never modify their input. A statistic of
 zero spread (a constant image, or one where the low and high percentiles coincide)
-is replaced by 1, so the result is ``image - offset`` there: all zeros for a constant
-image, never a division by zero or a blow-up by ``1 / eps``.
+is replaced by 1, so the result is ``image - offset`` there (``offset - image`` for an
+image normalised as its negative): all zeros for a constant image, never a division by
+zero or a blow-up by ``1 / eps``.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def normalize_percentile(
     clip: bool = False,
     polarity: str = "as_is",
 ) -> np.ndarray:
-    """Map the `low` and `high` percentiles of `image` to 0 and 1 (or 1 and 0).
+    """Map the `low` and `high` percentiles of `image` (of -image, see `polarity`) to 0 and 1.
 
     Computes ``(image - p_low) / (p_high - p_low + eps)``, the normalisation of
     CSBDeep and StarDist (defaults 1 and 99.8; percentiles by
@@ -201,10 +202,12 @@ def normalize_zscore(
 
 
 def bright_background(image: np.ndarray, *, axis: Axis = None) -> np.ndarray:
-    """Whether `image` has a brighter background than objects, judged from intensities alone.
+    """Tell whether `image` has a brighter background than objects, from intensities alone.
 
-    True where the median lies above the midpoint of the 1st and 99.8th percentiles (the
-    percentiles `normalize_percentile` scales by). Microscopy objects such as nuclei
+    True where the median lies above the midpoint of the 1st and 99.8th percentiles
+    (`POLARITY_PERCENTILES`, whatever percentiles a normaliser scales by; one decision
+    per channel with `axis`, so an RGB image may turn some channels and not others, while
+    a grey network sees its luma). Microscopy objects such as nuclei
     cover less than half of an image, so the median is a background value: close to the
     dark end for fluorescence, close to the bright end for brightfield and H&E. On the
     166 DSB 2018 images, as grey (BT.601 luma), it agrees with their annotations (the
@@ -239,6 +242,21 @@ def _flips(values: np.ndarray, axes: tuple[int, ...] | None, polarity: str) -> n
 def _check_polarity(polarity: str) -> None:
     if polarity not in POLARITIES:
         raise ValueError(f"polarity must be one of {list(POLARITIES)}, got {polarity!r}")
+
+
+def check_polarity(polarity: str, normalization, *, source: str = "polarity") -> None:
+    """Refuse an unknown `polarity`, or "bright_objects" without a normalisation.
+
+    `normalization` is what the image is normalised with ("percentile", "zscore", or
+    None / "none" / a function for none of them); `source` names where the polarity
+    came from in the message.
+    """
+    _check_polarity(polarity)
+    if polarity != "as_is" and normalization not in ("percentile", "zscore"):
+        raise ValueError(
+            f"{source} {polarity!r} normalises bright-background images as their negatives: "
+            f"it needs normalization 'percentile' or 'zscore', got {normalization!r}"
+        )
 
 
 def _scale(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from biounet.data.normalize import normalize_percentile, normalize_zscore, to_float_image
+from biounet.data.normalize import (
+    check_polarity,
+    normalize_percentile,
+    normalize_zscore,
+    to_float_image,
+)
 
 _MAX_SAMPLES = 4  # a last axis of at most 4 is colour samples (grey+alpha, RGB, RGBA)
 
@@ -91,11 +96,7 @@ def prepare_page(
     if normalization == "zscore":
         return normalize_zscore(array, axis=spatial, polarity=polarity)
     if normalization == "none":
-        if polarity != "as_is":
-            raise ValueError(
-                f"polarity {polarity!r} inverts as it normalises: it needs normalization "
-                "'percentile' or 'zscore', got 'none'"
-            )
+        check_polarity(polarity, normalization)
         return array
     raise ValueError(
         f"normalization must be 'percentile', 'zscore' or 'none', got {normalization!r}"

@@ -76,6 +76,9 @@ class PackageInfo:
         normalization: how inputs must be normalised, declared as preprocessing:
             "percentile" (1st/99.8th percentile to 0/1 per channel, biounet's default),
             "zscore" or "none".
+        polarity: the model's `TrainConfig.polarity`; only "as_is" can be packaged,
+            since bioimage.io preprocessing cannot invert an image depending on its
+            intensities ("bright_objects" is refused: export ONNX or TorchScript).
         tags: keywords for bioimage.io search.
     """
 
@@ -84,6 +87,7 @@ class PackageInfo:
     authors: tuple[str, ...] = ("biounet",)
     license: str = "MIT"
     normalization: str = "percentile"
+    polarity: str = "as_is"
     tags: tuple[str, ...] = ("unet", "segmentation", "biounet")
 
     def __post_init__(self) -> None:
@@ -95,6 +99,12 @@ class PackageInfo:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}"
+            )
+        if self.polarity != "as_is":
+            raise ValueError(
+                f"polarity {self.polarity!r} normalises bright-background images as their "
+                "negatives, which bioimage.io preprocessing cannot state; got a model "
+                "trained so: export it as ONNX or TorchScript instead"
             )
         if not self.authors or not all(isinstance(name, str) and name for name in self.authors):
             raise ValueError(f"authors must be non-empty names, got {self.authors!r}")

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +144,7 @@ def onnx_bytes(
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
     outputs_scores: bool = True,
+    preprocessing: Mapping[str, str] | None = None,
 ) -> bytes:
     """Export `network` to ONNX, add biounet metadata and check it with ONNX Runtime.
 
@@ -155,6 +156,9 @@ def onnx_bytes(
         exporter: "dynamo" or "legacy" (see the module docstring).
         outputs_scores: True if `network` outputs class scores (compared after a
             softmax), False if it already outputs probabilities.
+        preprocessing: the weight file's "normalization" and "polarity"
+            (`biounet.weightfile.stored_preprocessing`), kept in the metadata so that
+            `biounet predict` applies them to an .onnx model too.
 
     Raises:
         ValueError: for a bad `opset` or `exporter`, or if the export disagrees with PyTorch.
@@ -183,7 +187,7 @@ def onnx_bytes(
         raise ValueError(
             f"the {exporter} ONNX exporter failed ({reason}); exporter={other!r} may succeed"
         ) from None
-    for key, value in _metadata(config, output_name).items():
+    for key, value in {**_metadata(config, output_name), **dict(preprocessing or {})}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = (
@@ -224,6 +228,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
     overwrite: bool = False,
+    preprocessing: Mapping[str, str] | None = None,
 ) -> Path:
     """Write `model` as an ONNX file with dynamic batch and spatial axes, checked first.
 
@@ -234,6 +239,8 @@ def export_onnx(
         opset: ONNX opset version (default 18).
         exporter: "dynamo" (default) or "legacy".
         overwrite: replace an existing file.
+        preprocessing: {"normalization": ..., "polarity": ...} the model was trained
+            with, stored in the metadata (`biounet export` passes the weight file's).
 
     Raises:
         FileExistsError: if `path` exists and `overwrite` is False.
@@ -244,7 +251,9 @@ def export_onnx(
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass overwrite to replace it")
     inputs = check_inputs(model.config, tile_shape)
-    data = onnx_bytes(model, model.config, inputs, opset=opset, exporter=exporter)
+    data = onnx_bytes(
+        model, model.config, inputs, opset=opset, exporter=exporter, preprocessing=preprocessing
+    )
     with atomic_path(path, overwrite=overwrite) as temporary:
         temporary.write_bytes(data)
     return path

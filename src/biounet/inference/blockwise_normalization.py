@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from biounet.data.normalize import POLARITIES, POLARITY_PERCENTILES, working_dtype
+from biounet.data.normalize import POLARITY_PERCENTILES, check_polarity, working_dtype
 from biounet.inference.blockwise_source import _SourceReference
 
 NORMALIZATIONS = ("percentile", "zscore")
@@ -35,13 +35,7 @@ Normalization = str | Callable[[np.ndarray], np.ndarray] | None
 
 
 def _check_normalization(normalization: Normalization, polarity: str = "as_is") -> None:
-    if polarity not in POLARITIES:
-        raise ValueError(f"polarity must be one of {list(POLARITIES)}, got {polarity!r}")
-    if polarity != "as_is" and normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"polarity {polarity!r} inverts as it normalises: it needs normalization "
-            f"'percentile' or 'zscore', got {normalization!r}"
-        )
+    check_polarity(polarity, normalization if isinstance(normalization, str) else None)
     if normalization is None or callable(normalization):
         return
     if normalization not in NORMALIZATIONS:
