@@ -183,6 +183,7 @@ def test_post_processing_is_chosen_on_validation_and_applied_to_test(tmp_path, r
         return [(item.name, item.labels, predict_tiled(model, item.image)[1]) for item in items]
 
     chosen, candidates = select_postprocess(maps(split.val), metric="seg")  # on validation only
+    assert [row["threshold"] for row in candidates][:2] == [0.5, 0.4]  # POSTPROCESS_GRID's order
     recorded = results["postprocess"]
     assert recorded["selected_by"] == "seg on the 1 validation images"
     assert recorded["candidates"] == candidates
@@ -192,3 +193,34 @@ def test_post_processing_is_chosen_on_validation_and_applied_to_test(tmp_path, r
     assert results["overall"]["seg"] == evaluate(test, metrics="ctc,instance", postprocess=chosen).overall["seg"]
     assert recorded["test_with_defaults"] == evaluate(test, metrics="ctc,instance").overall
     assert f"--threshold {chosen.threshold:g} --seed-prominence" in reproduce.format_results(results)
+
+
+@pytest.mark.data
+def test_dsb_protocol_shows_nuclei_bright_unless_the_config_says_otherwise(data_root, tmp_path, tiny_preset, caplog):
+    from biounet.weightfile import stored_preprocessing
+
+    split = reproduce.dsb2018_split(data_root / "dsb2018")
+    split = reproduce.Split(train=split.train[:2], val=split.val[:1], test=split.test[:1])
+    results = reproduce.run_experiment("dsb2018", split, tmp_path / "a", iterations=2, progress=False, tta=False)
+    assert results["config"]["train"]["polarity"] == "bright_objects"
+    assert stored_preprocessing(tmp_path / "a" / "train" / "best.safetensors")["polarity"] == "bright_objects"
+    assert "post-processing chosen by ap_50 on the 1 validation images" in reproduce.format_results(results)
+    kept = reproduce.run_experiment(
+        "dsb2018", split, tmp_path / "b", iterations=2, progress=False, tta=False,
+        overrides={"train": {"polarity": "as_is"}},
+    )
+    assert kept["config"]["train"]["polarity"] == "as_is"
+    assert "training with polarity as_is from --config, not bright_objects" in caplog.text
+
+
+def test_the_chosen_post_processing_is_what_scores_the_test_images(tmp_path, rng, tiny_preset, monkeypatch):
+    import biounet.evaluation as evaluation
+    from biounet.postprocess import PostprocessConfig
+
+    write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
+    split = reproduce.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
+    strict = PostprocessConfig(threshold=0.999)  # keeps next to nothing: SEG falls to 0
+    monkeypatch.setattr(evaluation, "select_postprocess", lambda pairs, metric: (strict, [{"threshold": 0.999}]))
+    results = reproduce.run_experiment("ctc", split, tmp_path / "run", iterations=2, progress=False, tta=False)
+    assert results["postprocess"]["threshold"] == 0.999
+    assert results["overall"]["seg"] < results["postprocess"]["test_with_defaults"]["seg"]

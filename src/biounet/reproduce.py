@@ -117,6 +117,10 @@ def run_experiment(
     over rotated and flipped versions of the input (Sec. 4: "averaged over 7 rotated
     versions"; here the 8 symmetries of the square, identity included). `overrides`
     ({"model": {...}, "train": {...}, "augment": {...}}) change the preset's fields.
+    DSB 2018 trains with `TrainConfig.polarity` "bright_objects" unless `overrides` set
+    it. For instances (not isbi2012, not a boundary-class network) the threshold and the
+    watershed's distance seeds are chosen on the validation images
+    (`biounet.evaluation.select_postprocess`) and the test images scored with them.
     """
     from biounet.data.dataset import training_images
     from biounet.evaluation import evaluate, select_postprocess
@@ -137,7 +141,19 @@ def run_experiment(
             metric, own, experiment,
         )
     config = preset(preset_name).updated(overrides or {})
-    config = replace_train(config, iterations=iterations, validation_metric=metric)
+    # DSB 2018 mixes fluorescence with brightfield and H&E: its nuclei are shown bright
+    # in every image unless --config says otherwise
+    polarity = ((overrides or {}).get("train") or {}).get("polarity")
+    if polarity is None and experiment == "dsb2018":
+        polarity = "bright_objects"
+    elif experiment == "dsb2018" and polarity != "bright_objects":
+        logging.getLogger(__name__).warning(
+            "training with polarity %s from --config, not bright_objects as the dsb2018 "
+            "protocol does", polarity,
+        )
+    config = replace_train(
+        config, iterations=iterations, validation_metric=metric, polarity=polarity
+    )
     kwargs = {"model_config": config.model, "train_config": config.train}
     train, val = training_images(split.train, **kwargs), training_images(split.val, **kwargs)
     test = training_images(split.test, **kwargs)
