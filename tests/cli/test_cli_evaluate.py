@@ -111,11 +111,17 @@ def test_spacing_reaches_the_objects_evaluate_scores(tmp_path):
     assert recalls == {0: 0.5, 3: 1.0}
 
 
-def test_spacing_needs_one_value_per_axis_of_what_is_scored(tmp_path, capsys):
+def one_square_folders(tmp_path):
+    """Ground truth with one 10 x 10 object, and its probability map (0.9 inside)."""
     labels = np.zeros((30, 30), np.uint16)
     labels[4:14, 4:14] = 1
     gt, pred = ground_truth_folder(tmp_path, labels)
     tifffile.imwrite(pred / "a_probability.tif", np.where(labels > 0, 0.9, 0.1).astype(np.float32))
+    return gt, pred
+
+
+def test_spacing_needs_one_value_per_axis_of_what_is_scored(tmp_path, capsys):
+    gt, pred = one_square_folders(tmp_path)
     args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance"]
     assert main([*args, "--spacing", "4", "1", "1"]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -213,10 +219,7 @@ def test_close_boundaries_changes_the_isbi_maps_only(tmp_path, capsys):
 
 
 def test_distance_seed_flags_are_checked(tmp_path, capsys):
-    labels = np.zeros((30, 30), np.uint16)
-    labels[4:14, 4:14] = 1
-    gt, pred = ground_truth_folder(tmp_path, labels)
-    tifffile.imwrite(pred / "a_probability.tif", np.where(labels > 0, 0.9, 0.1).astype(np.float32))
+    gt, pred = one_square_folders(tmp_path)
     common = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "instance"]
     for flags, message in (
         (["--seed-prominence", "0"], "--seed-prominence must be > 0 (px), got 0.0"),
