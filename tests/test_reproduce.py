@@ -166,7 +166,7 @@ def test_boundary_class_run_scores_instances_seeded_by_the_interior(tmp_path, rn
     assert {key: results["overall"][key] for key in expected} == expected
 
 
-def test_post_processing_is_chosen_on_validation_and_applied_to_test(tmp_path, rng, tiny_preset):
+def test_post_processing_is_chosen_on_validation_and_recorded_beside_the_default_score(tmp_path, rng, tiny_preset):
     from biounet.config import TrainConfig
     from biounet.data.dataset import training_images
     from biounet.evaluation import evaluate, select_postprocess
@@ -184,14 +184,14 @@ def test_post_processing_is_chosen_on_validation_and_applied_to_test(tmp_path, r
 
     chosen, candidates = select_postprocess(maps(split.val), metric="seg")  # on validation only
     assert [row["threshold"] for row in candidates][:2] == [0.5, 0.4]  # POSTPROCESS_GRID's order
-    recorded = results["postprocess"]
+    recorded = results["postprocess_chosen_on_validation"]
     assert recorded["selected_by"] == "seg on the 1 validation images"
     assert recorded["candidates"] == candidates
     assert (recorded["threshold"], recorded["min_seed_prominence_px"], recorded["distance_sigma_px"]) == (
         chosen.threshold, chosen.min_seed_prominence_px, chosen.distance_sigma_px)
     test = maps(split.test)
-    assert results["overall"]["seg"] == evaluate(test, metrics="ctc,instance", postprocess=chosen).overall["seg"]
-    assert recorded["test_with_defaults"] == evaluate(test, metrics="ctc,instance").overall
+    assert recorded["test"] == evaluate(test, metrics="ctc,instance", postprocess=chosen).overall
+    assert results["overall"]["seg"] == evaluate(test, metrics="ctc,instance").overall["seg"]
     assert f"--threshold {chosen.threshold:g} --seed-prominence" in reproduce.format_results(results)
 
 
@@ -204,7 +204,7 @@ def test_dsb_protocol_shows_nuclei_bright_unless_the_config_says_otherwise(data_
     results = reproduce.run_experiment("dsb2018", split, tmp_path / "a", iterations=2, progress=False, tta=False)
     assert results["config"]["train"]["polarity"] == "bright_objects"
     assert stored_preprocessing(tmp_path / "a" / "train" / "best.safetensors")["polarity"] == "bright_objects"
-    assert "post-processing chosen by ap_50 on the 1 validation images" in reproduce.format_results(results)
+    assert "post-processing chosen by ap_50 on the 1 validation images (" in reproduce.format_results(results)
     kept = reproduce.run_experiment(
         "dsb2018", split, tmp_path / "b", iterations=2, progress=False, tta=False,
         overrides={"train": {"polarity": "as_is"}},
@@ -213,14 +213,15 @@ def test_dsb_protocol_shows_nuclei_bright_unless_the_config_says_otherwise(data_
     assert "training with polarity as_is from --config, not bright_objects" in caplog.text
 
 
-def test_the_chosen_post_processing_is_what_scores_the_test_images(tmp_path, rng, tiny_preset, monkeypatch):
+def test_the_choice_on_validation_does_not_change_the_score(tmp_path, rng, tiny_preset, monkeypatch):
     import biounet.evaluation as evaluation
     from biounet.postprocess import PostprocessConfig
 
     write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
     split = reproduce.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
-    strict = PostprocessConfig(threshold=0.999)  # keeps next to nothing: SEG falls to 0
+    strict = PostprocessConfig(threshold=0.999)  # keeps next to nothing: SEG falls
     monkeypatch.setattr(evaluation, "select_postprocess", lambda pairs, metric: (strict, [{"threshold": 0.999}]))
     results = reproduce.run_experiment("ctc", split, tmp_path / "run", iterations=2, progress=False, tta=False)
-    assert results["postprocess"]["threshold"] == 0.999
-    assert results["overall"]["seg"] < results["postprocess"]["test_with_defaults"]["seg"]
+    recorded = results["postprocess_chosen_on_validation"]
+    assert recorded["threshold"] == 0.999
+    assert recorded["test"]["seg"] < results["overall"]["seg"]
