@@ -136,10 +136,14 @@ def closed_port() -> int:
 
 
 def make_zip(files: dict[str, bytes]) -> bytes:
+    """The same bytes for the same files: a fixed date, where writestr(name) takes the
+    clock's, so a test that rebuilds the archive to hash it cannot straddle a second."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
         for name, data in files.items():
-            bundle.writestr(name, data)
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            bundle.writestr(info, data)
     return buffer.getvalue()
 
 
