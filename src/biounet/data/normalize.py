@@ -149,15 +149,19 @@ def normalize_percentile(
     _check_polarity(polarity)
     values = _float_copy(image)
     axes = _normalize_axes(axis, values.ndim)
-    flip = _flips(values, axes, polarity)
-    if flip is None:
+    if polarity == "as_is":
         bottom, top = np.percentile(values, [low, high], axis=axes, keepdims=True)
         result = _scale(values, bottom, top - bottom, eps=eps)
     else:
-        # the percentiles of -image are the negated mirrored ones of image
-        bottom, top, mirror_bottom, mirror_top = np.percentile(
-            values, [low, high, 100 - high, 100 - low], axis=axes, keepdims=True
+        # one selection for all: the percentiles of -image are the negated mirrored ones
+        # of image, and the rule's three come last
+        bottom, top, mirror_bottom, mirror_top, *rule = np.percentile(
+            values,
+            [low, high, 100 - high, 100 - low, *POLARITY_PERCENTILES],
+            axis=axes,
+            keepdims=True,
         )
+        flip = polarity_rule(*rule)
         offset = np.where(flip, mirror_top, bottom)
         spread = np.where(flip, mirror_top - mirror_bottom, top - bottom)
         result = _scale(values, offset, spread, eps=eps, flip=flip)
@@ -235,8 +239,16 @@ def _flips(values: np.ndarray, axes: tuple[int, ...] | None, polarity: str) -> n
     """Where (per `axes` group, reduced axes kept) "bright_objects" inverts; None for as_is."""
     if polarity == "as_is":
         return None
-    low, median, high = np.percentile(values, POLARITY_PERCENTILES, axis=axes, keepdims=True)
-    return median.astype(np.float64) > (low.astype(np.float64) + high) / 2
+    return polarity_rule(*np.percentile(values, POLARITY_PERCENTILES, axis=axes, keepdims=True))
+
+
+def polarity_rule(low, median, high):
+    """`bright_background` from the image's `POLARITY_PERCENTILES`: median > mid-range.
+
+    Compared in float64, on arrays or on numbers (the out-of-core statistics), so that
+    both paths decide alike on the same figures.
+    """
+    return np.asarray(median, np.float64) > (np.asarray(low, np.float64) + high) / 2
 
 
 def _check_polarity(polarity: str) -> None:

@@ -102,9 +102,9 @@ class PackageInfo:
             )
         if self.polarity != "as_is":
             raise ValueError(
-                f"polarity {self.polarity!r} normalises bright-background images as their "
-                "negatives, which bioimage.io preprocessing cannot state; got a model "
-                "trained so: export it as ONNX or TorchScript instead"
+                f"polarity {self.polarity!r} (the model's) normalises bright-background "
+                "images as their negatives, which bioimage.io preprocessing cannot state: "
+                "export it as ONNX or TorchScript instead"
             )
         if not self.authors or not all(isinstance(name, str) and name for name in self.authors):
             raise ValueError(f"authors must be non-empty names, got {self.authors!r}")

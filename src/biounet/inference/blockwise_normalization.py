@@ -20,7 +20,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from biounet.data.normalize import POLARITY_PERCENTILES, check_polarity, working_dtype
+from biounet.data.normalize import (
+    POLARITY_PERCENTILES,
+    check_polarity,
+    polarity_rule,
+    working_dtype,
+)
 from biounet.inference.blockwise_source import _SourceReference
 
 NORMALIZATIONS = ("percentile", "zscore")
@@ -81,7 +86,7 @@ def _make_normalizer(
     if polarity == "as_is":
         return affine
     flips = [
-        _is_bright_background(*values)
+        bool(polarity_rule(*values))
         for values in _percentiles(opened, regions, executor, POLARITY_PERCENTILES)
     ]
     return _Affine(affine.offset, np.where(flips, -affine.inverse, affine.inverse))
@@ -169,7 +174,7 @@ def _percentile_affine(opened, regions, executor, polarity: str = "as_is") -> _A
     mirrored = (100 - high, 100 - low, *POLARITY_PERCENTILES) if flipping else ()
     offsets, inverses = [], []
     for values in _percentiles(opened, regions, executor, (low, high, *mirrored)):
-        flip = flipping and _is_bright_background(*values[4:])
+        flip = flipping and bool(polarity_rule(*values[4:]))
         bottom, top = values[2:4] if flip else values[:2]
         divisor = top - bottom + 1e-20 if top > bottom else 1.0
         offsets.append(top if flip else bottom)
@@ -177,11 +182,6 @@ def _percentile_affine(opened, regions, executor, polarity: str = "as_is") -> _A
     # cast as normalize_percentile casts np.percentile's float64 figures
     copy = working_dtype(opened.array.dtype)
     return _Affine(np.array(offsets).astype(copy), np.array(inverses).astype(copy))
-
-
-def _is_bright_background(low: float, median: float, high: float) -> bool:
-    # data.normalize.bright_background's rule, on the same float64 figures
-    return median > (low + high) / 2
 
 
 def _percentiles(opened, regions, executor, percentiles) -> list[list[float]]:
