@@ -48,6 +48,21 @@ def test_torchscript(small_unet, model_file, tmp_path, rng, capsys):
         )
 
 
+def test_torchscript_keeps_the_weight_files_preprocessing(small_unet, tmp_path):
+    from biounet.export.torchscript import read_record
+
+    recorded = save_model(
+        small_unet,
+        tmp_path / "z.safetensors",
+        metadata={"normalization": "zscore", "polarity": "bright_objects"},
+    )
+    out = tmp_path / "unet.pt"
+    args = ["export", "--model", str(recorded), "--format", "torchscript", "--out", str(out)]
+    assert main(args) == 0
+    record = read_record(out)
+    assert (record["normalization"], record["polarity"]) == ("zscore", "bright_objects")
+
+
 def test_onnx(small_unet, model_file, tmp_path, rng):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

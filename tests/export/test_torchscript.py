@@ -1,5 +1,7 @@
 """TorchScript export: the saved file equals PyTorch on shapes it was not traced on; checks refuse."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,10 @@ from biounet.export.torchscript import (
     check_tile_shape,
     compare_with_pytorch,
     export_torchscript,
+    read_record,
     trace_shape,
 )
-from biounet.geometry import min_input_size
+from biounet.geometry import config_halo, min_input_size
 from biounet.model.unet import UNet
 
 
@@ -142,3 +145,33 @@ def test_an_anisotropic_network_exports_with_its_own_z_sizes(tmp_path, rng):
     with pytest.raises(ValueError, match=r"tile_shape \(27, 44, 44\): Z = 27 is not a valid input size of this network; nearest valid sizes along Z are 26 and 28"):
         export_torchscript(model, tmp_path / "bad.pt", tile_shape=(27, 44, 44))
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_the_record_holds_config_geometry_and_preprocessing_and_torch_reads_the_same(tmp_path):
+    model = make_unet(ndim=3, depth=2, base_channels=2, pool_z=(False, True))
+    preprocessing = {"normalization": "zscore", "polarity": "bright_objects"}
+    path = export_torchscript(model, tmp_path / "unet.pt", preprocessing=preprocessing)
+    record = read_record(path)
+    assert UNetConfig.from_dict(record["biounet_config"]) == model.config
+    assert record["halo"] == list(config_halo(model.config))
+    assert record["halo"][0] != record["halo"][1]  # per axis, not one number
+    assert record["normalization"] == "zscore" and record["polarity"] == "bright_objects"
+    # torch's own reader (which runs the file's code) finds the same text
+    extra = {"biounet.json": ""}
+    torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra["biounet.json"]) == record
+
+
+def test_without_preprocessing_the_record_has_geometry_only(tmp_path):
+    record = read_record(export_torchscript(make_unet(), tmp_path / "unet.pt"))
+    assert "biounet_config" in record and "normalization" not in record
+
+
+def test_read_record_refuses_what_is_not_torchscript_and_tolerates_a_bare_file(tmp_path):
+    text = tmp_path / "weights.pt"
+    text.write_text("not a zip")
+    with pytest.raises(ValueError, match=r"weights.pt is not a readable TorchScript file"):
+        read_record(text)
+    buffer = tmp_path / "bare.pt"
+    torch.jit.save(torch.jit.trace(make_unet(), torch.zeros(1, 1, 44, 44)), str(buffer))
+    assert read_record(buffer) == {}

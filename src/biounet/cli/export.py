@@ -85,7 +85,9 @@ def _export(model, out: Path, args: argparse.Namespace, stored: dict[str, str]) 
     if args.format == "torchscript":
         from biounet.export.torchscript import export_torchscript
 
-        return export_torchscript(model, out, tile_shape=tile_shape, overwrite=args.overwrite)
+        return export_torchscript(
+            model, out, tile_shape=tile_shape, overwrite=args.overwrite, preprocessing=stored
+        )
     if args.format == "onnx":
         from biounet.export.onnx import export_onnx
 

@@ -3,7 +3,9 @@
 TorchScript files are for deployment (C++ libtorch, Java/DJL, deepImageJ, bioimage.io
 consumers). Loading one runs the code stored in it, so treat it like a program:
 biounet's own `load_model` never loads TorchScript (nor ONNX); it reads only its
-pickle-free safetensors weight files.
+pickle-free safetensors weight files. What the network expects (its configuration and
+how its training images were normalised) is kept beside the code as the extra file
+`biounet.json` (`RECORD`), which `read_record` reads without running anything.
 
 Every export is checked before anything is written: the exported network and the
 PyTorch module must give the same class probabilities, within `TOLERANCE`, on seeded
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ from torch import nn
 from biounet.config import UNetConfig
 from biounet.data.io import atomic_path
 from biounet.geometry import (
+    config_halo,
     config_min_input_shape,
     config_size_step,
     is_valid_input_size,
@@ -39,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # max abs difference of probabilities between an export and PyTorch
 _CHECK_SEED = 0
+RECORD = "biounet.json"  # the extra file of an export: config and preprocessing
 
 
 def trace_shape(config: UNetConfig) -> tuple[int, ...]:
@@ -166,12 +172,18 @@ def compare_with_pytorch(
 
 
 def torchscript_bytes(
-    network: nn.Module, inputs: Sequence[np.ndarray], *, outputs_scores: bool = True
+    network: nn.Module,
+    inputs: Sequence[np.ndarray],
+    *,
+    outputs_scores: bool = True,
+    extra_files: Mapping[str, str] | None = None,
 ) -> bytes:
     """Trace `network` on `inputs[0]`, save it, reload it and check it on every input.
 
     `torch.jit.trace` records the sizes a valid U-Net crops to as operations on the
     input's shape, so the traced network takes any valid batch and tile shape.
+    `extra_files` (name -> text) are stored beside the code (`torch.jit.save`'s
+    `_extra_files`).
     """
     network = frozen_copy(network)
     with warnings.catch_warnings():
@@ -182,7 +194,7 @@ def torchscript_bytes(
         with torch.no_grad():
             traced = torch.jit.trace(network, torch.from_numpy(inputs[0]), check_trace=False)
         buffer = io.BytesIO()
-        torch.jit.save(traced, buffer)
+        torch.jit.save(traced, buffer, _extra_files=dict(extra_files or {}))
         loaded = torch.jit.load(io.BytesIO(buffer.getvalue()), map_location="cpu")
 
     def run_loaded(batch: np.ndarray) -> np.ndarray:
@@ -201,6 +213,7 @@ def export_torchscript(
     *,
     tile_shape: Sequence[int] | None = None,
     overwrite: bool = False,
+    preprocessing: Mapping[str, str] | None = None,
 ) -> Path:
     """Write `model` as a traced TorchScript file that maps images to class scores.
 
@@ -208,12 +221,18 @@ def export_torchscript(
     shape (`min + step * n` per axis, see `trace_shape`) and returns (B, n_classes,
     *output_shape) class scores, like `UNet.forward`; apply a softmax over axis 1 for
     probabilities. Load it with `torch.jit.load` (this runs code: trusted files only).
+    Its extra file `biounet.json` (`read_record`) holds the network's configuration
+    ("biounet_config"), "halo", "min_input_size" and "input_size_step", as the ONNX
+    export's metadata does, and `preprocessing`.
 
     Args:
         model: a `UNet` (anything with a `config: UNetConfig`).
         path: output file, written atomically.
         tile_shape: an extra valid tile shape to check the export on.
         overwrite: replace an existing file.
+        preprocessing: the weight file's "normalization" and "polarity"
+            (`biounet.weightfile.stored_preprocessing`; `biounet export` passes them),
+            so that a consumer normalises its images as the model was trained.
 
     Raises:
         FileExistsError: if `path` exists and `overwrite` is False.
@@ -223,7 +242,46 @@ def export_torchscript(
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass overwrite to replace it")
     inputs = check_inputs(model.config, tile_shape)
-    data = torchscript_bytes(model, inputs)
+    record = {**_geometry(model.config), **dict(preprocessing or {})}
+    data = torchscript_bytes(model, inputs, extra_files={RECORD: json.dumps(record)})
     with atomic_path(path, overwrite=overwrite) as temporary:
         temporary.write_bytes(data)
     return path
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """Return the `biounet.json` extra file of a TorchScript export, {} if it has none.
+
+    A TorchScript file is a zip archive; the record is read from it directly, so no
+    code of the file runs (unlike `torch.jit.load(..., _extra_files=...)`).
+
+    Raises:
+        ValueError: naming the file, if it is not a TorchScript (zip) file or its
+            record is not a JSON object.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            # members sit under one top folder whose name torch.jit.save chooses
+            names = [name for name in archive.namelist() if name.endswith(f"/extra/{RECORD}")]
+            text = archive.read(names[0]).decode("utf-8") if names else None
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path} is not a readable TorchScript file: {error}") from None
+    if text is None:
+        return {}
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: its {RECORD} is not a JSON object")
+    return record
+
+
+def _geometry(config: UNetConfig) -> dict:
+    return {
+        "biounet_config": config.to_dict(),
+        "halo": list(config_halo(config)),
+        "min_input_size": list(config_min_input_shape(config)),
+        "input_size_step": list(config_size_step(config)),
+    }
