@@ -10,7 +10,6 @@ prediction; instances come from `biounet.postprocess`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -163,10 +162,11 @@ def _segment_large_image(out, settings, progress, timings, generate_sample):
 
 def _write_outputs(out: Path, metrics: dict, pictures: dict, item, history) -> None:
     from biounet.data.io import atomic_path
+    from biounet.data.jsontext import json_text
     from biounet.report import Report, heat_map, to_uint8
 
     with atomic_path(out / "metrics.json") as temporary:
-        temporary.write_text(json.dumps(metrics, indent=2, default=float))
+        temporary.write_text(json_text(metrics))
     report = Report("biounet demo: U-Net on synthetic cells")
     report.add_text(
         "What ran",

@@ -14,7 +14,6 @@ Protocols (data sets are never mixed across the split):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -223,9 +222,10 @@ def run_experiment(
     if experiment == "ctc" and label in PAPER_TABLE_2:
         results["paper_table_2_iou"] = PAPER_TABLE_2[label]
     from biounet.data.io import atomic_path
+    from biounet.data.jsontext import json_text
 
     with atomic_path(out / "results.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=2, default=float))
+        temporary.write_text(json_text(results))
     return results
 
 

@@ -152,6 +152,15 @@ def test_instance_metrics_take_the_instances_file_and_isbi_the_map(tmp_path):
     assert json.loads(out.read_text())["overall"]["ap_50"] < 1.0  # the map's objects instead
 
 
+def test_an_undefined_metric_is_written_as_null(tmp_path):
+    gt, pred = ground_truth_folder(tmp_path, np.zeros((20, 20), np.uint16))  # no objects: SEG undefined
+    tifffile.imwrite(pred / "a_instances.tif", np.zeros((20, 20), np.uint16))
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--metrics", "ctc", "--out", str(out)]) == 0
+    assert "NaN" not in out.read_text()
+    assert json.loads(out.read_text())["overall"]["seg"] is None
+
+
 def test_flags_without_a_map_warn_and_objects_only_need_object_metrics(tmp_path, capsys):
     labels = np.zeros((20, 20), np.uint16)
     labels[3:9, 3:9] = 1

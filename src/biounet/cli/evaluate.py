@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from biounet.cli.postprocess_args import (
     given_postprocess_flags,
     postprocess_config,
 )
+from biounet.data.jsontext import json_text
 
 PREDICTION_SUFFIXES = ("", "_probability", "_labels", "_mask")
 # Object metrics prefer the objects `predict --instances` made (with the model's own
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     for flag, path in outputs:
         if flag == "--out":
-            text = json.dumps(report.to_dict(), indent=2, default=_json_value)
+            text = json_text(report.to_dict())
         else:
             text = _csv_text(report.rows)
         _write(path, text, overwrite=args.overwrite)
@@ -235,10 +235,6 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
-
-
-def _json_value(value):
-    return float(value)
 
 
 def _csv_text(rows: list[dict]) -> str:
