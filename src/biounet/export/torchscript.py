@@ -264,14 +264,14 @@ def read_record(path: str | os.PathLike) -> dict:
         with zipfile.ZipFile(path) as archive:
             # members sit under one top folder whose name torch.jit.save chooses
             names = [name for name in archive.namelist() if name.endswith(f"/extra/{RECORD}")]
-            text = archive.read(names[0]).decode("utf-8") if names else None
+            data = archive.read(names[0]) if names else None
     except (zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"{path} is not a readable TorchScript file: {error}") from None
-    if text is None:
+    if data is None:
         return {}
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         record = None
     if not isinstance(record, dict):
         raise ValueError(f"{path}: its {RECORD} is not a JSON object")
