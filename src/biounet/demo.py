@@ -161,8 +161,8 @@ def _segment_large_image(out, settings, progress, timings, generate_sample):
 
 
 def _write_outputs(out: Path, metrics: dict, pictures: dict, item, history) -> None:
-    from biounet.data.io import atomic_path
     from biounet.data.jsontext import json_text
+    from biounet.data.outputs import atomic_path
     from biounet.report import Report, heat_map, to_uint8
 
     with atomic_path(out / "metrics.json") as temporary:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biounet.data.io import atomic_path
+from biounet.data.outputs import atomic_path
 
 
 @dataclass

@@ -221,8 +221,8 @@ def run_experiment(
         results["paper_table_1"] = PAPER_TABLE_1
     if experiment == "ctc" and label in PAPER_TABLE_2:
         results["paper_table_2_iou"] = PAPER_TABLE_2[label]
-    from biounet.data.io import atomic_path
     from biounet.data.jsontext import json_text
+    from biounet.data.outputs import atomic_path
 
     with atomic_path(out / "results.json") as temporary:
         temporary.write_text(json_text(results))

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from biounet.config import UNetConfig
-from biounet.data.io import atomic_path, check_input_file
+from biounet.data.io import check_input_file
 from biounet.data.normalize import POLARITIES
+from biounet.data.outputs import atomic_path
 from biounet.model.unet import UNet
 
 FORMAT_VERSION = "1"

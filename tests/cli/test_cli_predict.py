@@ -247,7 +247,7 @@ def test_seeds_flag_chooses_the_seeds_of_a_boundary_class_model(tmp_path, rng, m
 
 
 def test_outputs_state_the_pixel_size_of_their_input(model_file, tmp_path, rng):
-    from biounet.data.io import read_calibration
+    from biounet.data.calibration import read_calibration
 
     stack = rng.integers(0, 4000, (2, 40, 50), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "em.tif", stack, imagej=True, resolution=(250.0, 250.0),

@@ -7,7 +7,7 @@ import tifffile
 import torch
 
 from biounet.cli import main
-from biounet.data.io import Calibration, read_calibration, voxel_spacing
+from biounet.data.calibration import Calibration, read_calibration, voxel_spacing
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from biounet.data.io import check_output_path
+    from biounet.data.outputs import check_output_path
     from biounet.datasets.fetch import fetch
 
     if args.dir is not None:

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_output(flag: str, value: str, overwrite: bool) -> tuple[str, Path]:
     """Refuse an output file that exists (unless `overwrite`) or cannot be written."""
-    from biounet.data.io import check_output_path
+    from biounet.data.outputs import check_output_path
 
     path = check_output_path(value, name=flag)
     if path.exists() and not overwrite:
@@ -247,7 +247,7 @@ def _csv_text(rows: list[dict]) -> str:
 
 
 def _write(path: Path, text: str, *, overwrite: bool) -> None:
-    from biounet.data.io import atomic_path
+    from biounet.data.outputs import atomic_path
 
     with atomic_path(path, overwrite=overwrite) as temporary:
         temporary.write_text(text)

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from biounet.data.io import check_output_path
+    from biounet.data.outputs import check_output_path
     from biounet.weightfile import load_model, stored_preprocessing
 
     out = check_output_path(args.out, name="--out")

@@ -172,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
 
     from biounet.boundaries import membrane_network_problem
     from biounet.cli import predict_outputs, predict_zarr
-    from biounet.data.io import check_input_file, check_output_path
+    from biounet.data.io import check_input_file
+    from biounet.data.outputs import check_output_path
     from biounet.inference.ensemble import check_members
 
     if not args.instances and given_postprocess_flags(args):

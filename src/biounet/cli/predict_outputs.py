@@ -39,7 +39,7 @@ def _with_file_spacing(postprocess, probabilities, path: Path, args, config):
     import logging
     import math
 
-    from biounet.data.io import read_calibration, voxel_spacing
+    from biounet.data.calibration import read_calibration, voxel_spacing
     from biounet.postprocess import PostprocessConfig
 
     postprocess = postprocess or PostprocessConfig()
@@ -89,7 +89,8 @@ def predict_file(
     models: list, path: Path, out: Path, args: argparse.Namespace, *, postprocess=None
 ) -> None:
     """Predict IMAGE `path` with the network, or the mean of several (`predict_ensemble`)."""
-    from biounet.data.io import read_calibration, read_image, write_tiff
+    from biounet.data.calibration import read_calibration
+    from biounet.data.io import read_image, write_tiff
     from biounet.data.prepare import prepare_page, split_pages
     from biounet.inference.ensemble import predict_ensemble
 

@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from biounet.data.io import check_output_path
+    from biounet.data.outputs import check_output_path
     from biounet.training.distributed import init_from_environment
     from biounet.training.presets import preset
     from biounet.training.trainer import CHECKPOINT

@@ -39,7 +39,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from biounet.data.io import make_folder
+from biounet.data.outputs import make_folder
 from biounet.datasets.registry import PREPARE, DataSet, get_dataset
 
 logger = logging.getLogger(__name__)

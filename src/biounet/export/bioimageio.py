@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from biounet.config import UNetConfig
-from biounet.data.io import atomic_path, check_input_file, write_png, write_tiff
+from biounet.data.io import check_input_file, write_png, write_tiff
+from biounet.data.outputs import atomic_path
 from biounet.export.onnx import DEFAULT_OPSET, onnx_bytes, require
 from biounet.export.torchscript import (
     check_inputs,

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from biounet.config import UNetConfig
-from biounet.data.io import atomic_path, check_input_file
+from biounet.data.io import check_input_file
+from biounet.data.outputs import atomic_path
 from biounet.export.torchscript import check_inputs, compare_with_pytorch, frozen_copy
 from biounet.geometry import config_halo, config_min_input_shape, config_size_step
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from biounet.config import UNetConfig
-from biounet.data.io import atomic_path
+from biounet.data.outputs import atomic_path
 from biounet.geometry import (
     config_halo,
     config_min_input_shape,

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from biounet.data.io import atomic_path, check_input_file
+from biounet.data.io import check_input_file
+from biounet.data.outputs import atomic_path
 from biounet.weightfile import load_state_dict_checked, tensors_checksum
 
 FORMAT = "biounet-checkpoint"

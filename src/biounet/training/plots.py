@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from biounet.data.io import atomic_path, write_png
+from biounet.data.io import write_png
+from biounet.data.outputs import atomic_path
 
 
 def write_curves(path: str | Path, history: Sequence[dict]) -> Path:

@@ -25,7 +25,7 @@ import torch
 from biounet.augment.pipeline import AugmentConfig
 from biounet.config import TrainConfig, UNetConfig
 from biounet.data.dataset import TileDataset, TrainingImage
-from biounet.data.io import atomic_path, make_folder
+from biounet.data.outputs import atomic_path, make_folder
 from biounet.inference.predict import predict_tiled
 from biounet.losses import skeleton_recall, target_skeletons, weighted_cross_entropy
 from biounet.model.unet import UNet
