@@ -6,12 +6,8 @@ output tensors (.npy), a cover image, README.md and, as an attachment, biounet's
 safetensors weight file, from which `load_bioimageio_package` rebuilds the exact
 network without running any code from the package.
 
-The packaged networks output softmax probabilities zero-padded back to the input's
-size, and every output axis declares the U-Net's halo (92 px for the paper's
-network): a consumer pads each input tile by the halo (mirroring, as in Fig. 2 of
-Ronneberger et al. 2015), runs it and crops the halo from the output. Valid input
-sizes are `min + step * n` with min the smallest valid input and step = 2**depth;
-an anisotropic network (`UNetConfig.pool_z`) states its own min, step and halo for Z.
+The packaged networks output softmax probabilities zero-padded to the input's size,
+with the halo and valid sizes stated in rdf.yaml (`biounet.export.bioimageio_rdf`).
 
 No `pytorch_state_dict` weights: bioimage.io reads those with `torch.load`, i.e.
 from a pickle, and needs biounet's source as the architecture; the safetensors
@@ -24,11 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import string
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +33,15 @@ from torch import nn
 from biounet.config import UNetConfig
 from biounet.data.io import check_input_file, write_png, write_tiff
 from biounet.data.outputs import atomic_path
+from biounet.export.bioimageio_rdf import (
+    WEIGHT_FILE,
+    PackageInfo,
+    axis_geometry,
+    check_license,
+    default_test_shape,
+    model_description,
+    readme_text,
+)
 from biounet.export.onnx import DEFAULT_OPSET, onnx_bytes, require
 from biounet.export.torchscript import (
     check_inputs,
@@ -47,68 +50,11 @@ from biounet.export.torchscript import (
     torchscript_bytes,
 )
 from biounet.geometry import (
-    config_halo,
     config_output_shape,
-    config_size_step,
     min_input_size,
     nearest_valid_sizes,
-    pooling_per_axis,
 )
 from biounet.inference.predict import as_network_input
-
-WEIGHT_FILE = "biounet.safetensors"
-NORMALIZATIONS = ("percentile", "zscore", "none")
-PAPER_DOI = "10.1007/978-3-319-24574-4_28"
-PAPER = (
-    "Ronneberger O, Fischer P, Brox T. U-Net: Convolutional Networks for Biomedical "
-    "Image Segmentation. MICCAI 2015, LNCS 9351, 234-241."
-)
-
-
-@dataclass(frozen=True)
-class PackageInfo:
-    """What a bioimage.io package says about the model beyond its architecture.
-
-    Attributes:
-        name: 5-128 letters, digits, spaces and `_+-()`.
-        description: one or two sentences.
-        authors: names of the people who trained the model.
-        license: SPDX identifier of the weights' licence.
-        normalization: how inputs must be normalised, declared as preprocessing:
-            "percentile" (1st/99.8th percentile to 0/1 per channel, biounet's default),
-            "zscore" or "none".
-        polarity: the model's `TrainConfig.polarity`; only "as_is" can be packaged,
-            since bioimage.io preprocessing cannot invert an image depending on its
-            intensities ("bright_objects" is refused: export ONNX or TorchScript).
-        tags: keywords for bioimage.io search.
-    """
-
-    name: str = "biounet U-Net"
-    description: str = "U-Net segmentation (Ronneberger et al. 2015), trained with biounet."
-    authors: tuple[str, ...] = ("biounet",)
-    license: str = "MIT"
-    normalization: str = "percentile"
-    polarity: str = "as_is"
-    tags: tuple[str, ...] = ("unet", "segmentation", "biounet")
-
-    def __post_init__(self) -> None:
-        allowed = set(string.ascii_letters + string.digits + "_+- ()")
-        if not (5 <= len(self.name) <= 128 and set(self.name) <= allowed):
-            raise ValueError(
-                f"name must be 5-128 letters, digits, spaces or _+-(), got {self.name!r}"
-            )
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}"
-            )
-        if self.polarity != "as_is":
-            raise ValueError(
-                f"polarity {self.polarity!r} (the model's) normalises bright-background "
-                "images as their negatives, which bioimage.io preprocessing cannot state: "
-                "export it as ONNX or TorchScript instead"
-            )
-        if not self.authors or not all(isinstance(name, str) and name for name in self.authors):
-            raise ValueError(f"authors must be non-empty names, got {self.authors!r}")
 
 
 class ProbabilityNetwork(nn.Module):
@@ -130,58 +76,6 @@ class ProbabilityNetwork(nn.Module):
             margin = (image.shape[axis] - probabilities.shape[axis]) // 2
             padding += [margin, margin]
         return F.pad(probabilities, padding)
-
-
-def default_test_shape(config: UNetConfig) -> tuple[int, ...]:
-    """Return the test tile of a package: per axis the smallest valid input with 4 steps
-    of output.
-
-    Example:
-        >>> default_test_shape(UNetConfig())
-        (252, 252)
-        >>> default_test_shape(UNetConfig(depth=2, ndim=3, pool_z=(False, True)))
-        (32, 56, 56)
-    """
-    return tuple(
-        nearest_valid_sizes(2 * margin + 4 * step, **kwargs)[1]
-        for margin, step, kwargs in _axes(config)
-    )
-
-
-def smallest_package_shape(config: UNetConfig) -> tuple[int, ...]:
-    """Return per axis the smallest valid input size that keeps output after the halo crop.
-
-    That is the minimum valid input for valid convolutions; "same"-padded networks take
-    smaller inputs, but a tile must be larger than its two halos.
-
-    Example:
-        >>> smallest_package_shape(UNetConfig()), smallest_package_shape(UNetConfig(padding="same"))
-        ((188, 188), (192, 192))
-        >>> smallest_package_shape(UNetConfig(depth=2, ndim=3, pool_z=(False, True)))
-        (26, 44, 44)
-    """
-    return tuple(
-        nearest_valid_sizes(max(min_input_size(**kwargs), 2 * margin + 1), **kwargs)[1]
-        for margin, _, kwargs in _axes(config)
-    )
-
-
-def _px(margins: Sequence[int]) -> str:
-    """'92 px', or '12, 20, 20 px (z, y, x)' for an anisotropic network."""
-    if len(set(margins)) == 1:
-        return f"{margins[0]} px"
-    names = ", ".join(["z", "y", "x"][3 - len(margins) :])
-    return f"{', '.join(map(str, margins))} px ({names})"
-
-
-def _axes(config: UNetConfig) -> list[tuple[int, int, dict]]:
-    """Per spatial axis: the halo, the size step and the geometry keywords of its pooling."""
-    return [
-        (margin, step, {"depth": config.depth, "padding": config.padding, "pooling": factors})
-        for margin, step, factors in zip(
-            config_halo(config), config_size_step(config), pooling_per_axis(config), strict=True
-        )
-    ]
 
 
 def export_bioimageio(
@@ -219,7 +113,7 @@ def export_bioimageio(
         raise FileExistsError(f"output {path} already exists; pass overwrite to replace it")
     spec = require("bioimageio.spec", "bioimage.io export")
     info = info if info is not None else PackageInfo()
-    _check_license(info.license)  # before the exports, which take seconds
+    check_license(info.license)  # before the exports, which take seconds
     config: UNetConfig = model.config  # type: ignore[assignment]
     test_input = make_test_input(
         config, test_image=test_image, tile_shape=tile_shape, normalization=info.normalization
@@ -234,28 +128,16 @@ def export_bioimageio(
         test_output = frozen_copy(network)(torch.from_numpy(test_input)).numpy()
     with tempfile.TemporaryDirectory(prefix="biounet-bioimageio-") as folder:
         files = _write_files(Path(folder), model, test_input, test_output, scripted, exported)
-        files["README.md"].write_text(_readme(config, info), encoding="utf-8")
+        files["README.md"].write_text(readme_text(config, info), encoding="utf-8")
         package = Path(folder) / "package.zip"
         try:
-            description = _describe(config, info, files, opset=opset)
+            description = model_description(config, info, files, opset=opset)
             spec.save_bioimageio_package(description, output_path=package)
         except ValueError as error:
             raise ValueError(f"bioimage.io package is invalid: {_first_line(error)}") from None
         with atomic_path(path, overwrite=overwrite) as temporary:
             shutil.copyfile(package, temporary)
     return path
-
-
-def _check_license(license: str) -> None:
-    from bioimageio.spec.model.v0_5 import LicenseId
-
-    try:
-        LicenseId(license)
-    except ValueError:
-        raise ValueError(
-            f"license {license!r} is not an SPDX licence identifier (e.g. MIT, BSD-3-Clause, "
-            "CC-BY-4.0; see spdx.org/licenses)"
-        ) from None
 
 
 def make_test_input(
@@ -285,7 +167,7 @@ def make_test_input(
         if tile_shape is None:
             tile = tuple(
                 _fitting_size(size, limit, kwargs)
-                for size, limit, (_, _, kwargs) in zip(image.shape[1:], tile, _axes(config))
+                for size, limit, (_, _, kwargs) in zip(image.shape[1:], tile, axis_geometry(config))
             )
     spatial = image.shape[1:]
     if any(t > s for t, s in zip(tile, spatial)):
@@ -369,160 +251,6 @@ def cover_image(
     repeat = max(1, -(-256 // picture.shape[0]))
     picture = np.repeat(np.repeat(picture, repeat, axis=0), repeat, axis=1)
     return np.round(picture * 255).astype(np.uint8)
-
-
-def _describe(config: UNetConfig, info: PackageInfo, files: dict[str, Path], *, opset: int):
-    from bioimageio.spec.model import v0_5 as bio
-
-    spatial = ["z", "y", "x"][3 - config.ndim :]
-    axes = _axes(config)
-    sizes = [
-        bio.ParameterizedSize(min=smallest, step=step)
-        for smallest, (_, step, _) in zip(smallest_package_shape(config), axes)
-    ]
-    margins = [margin for margin, _, _ in axes]
-    input_id, output_id = bio.TensorId("image"), bio.TensorId("probabilities")
-    if config.boundary_class:  # consumers other than biounet read the classes from here
-        class_names = ["background", "interior", "boundary"]
-    elif config.n_classes == 2:
-        class_names = ["background", "foreground"]
-    else:
-        class_names = [f"class{index}" for index in range(config.n_classes)]
-    image = bio.InputTensorDescr(
-        id=input_id,
-        description="normalised image; valid sizes per spatial axis: min + step * n",
-        axes=[
-            bio.BatchAxis(),
-            bio.ChannelAxis(channel_names=[f"channel{c}" for c in range(config.in_channels)]),
-            *(
-                bio.SpaceInputAxis(id=bio.AxisId(name), size=size)
-                for name, size in zip(spatial, sizes)
-            ),
-        ],
-        test_tensor=bio.FileDescr(source=files["test_input.npy"]),
-        sample_tensor=bio.FileDescr(source=files["sample_input.tif"]),
-        data=bio.IntervalOrRatioDataDescr(type="float32"),
-        preprocessing=_preprocessing(bio, info.normalization, spatial),
-    )
-    probabilities = bio.OutputTensorDescr(
-        id=output_id,
-        description=f"softmax class probabilities; crop the halo ({_px(margins)}) per side",
-        axes=[
-            bio.BatchAxis(),
-            bio.ChannelAxis(channel_names=class_names),
-            *(
-                bio.SpaceOutputAxisWithHalo(
-                    id=bio.AxisId(name),
-                    halo=margin,
-                    size=bio.SizeReference(tensor_id=input_id, axis_id=bio.AxisId(name)),
-                )
-                for name, margin in zip(spatial, margins)
-            ),
-        ],
-        test_tensor=bio.FileDescr(source=files["test_output.npy"]),
-        sample_tensor=bio.FileDescr(source=files["sample_output.tif"]),
-        data=bio.IntervalOrRatioDataDescr(type="float32"),
-    )
-    return bio.ModelDescr(
-        name=info.name,
-        description=info.description,
-        authors=[bio.Author(name=name) for name in info.authors],
-        cite=[bio.CiteEntry(text=PAPER, doi=bio.Doi(PAPER_DOI))],
-        license=bio.LicenseId(info.license),
-        tags=list(dict.fromkeys([*info.tags, f"{config.ndim}d", "pytorch", "onnx"])),
-        documentation=bio.FileDescr(source=files["README.md"]),
-        covers=[bio.FileDescr(source=files["cover.png"])],
-        attachments=[bio.FileDescr(source=files[WEIGHT_FILE])],
-        inputs=[image],
-        outputs=[probabilities],
-        weights=bio.WeightsDescr(
-            torchscript=bio.TorchscriptWeightsDescr(
-                source=files["weights_torchscript.pt"],
-                pytorch_version=bio.Version(torch.__version__.split("+")[0]),
-            ),
-            onnx=bio.OnnxWeightsDescr(
-                source=files["weights.onnx"],
-                opset_version=opset,
-                parent="torchscript",
-                comment="exported from the same PyTorch module as the TorchScript weights",
-            ),
-        ),
-        config=bio.Config(
-            bioimageio=bio.BioimageioConfig(
-                reproducibility_tolerance=[
-                    bio.ReproducibilityTolerance(absolute_tolerance=1e-4, relative_tolerance=0)
-                ]
-            ),
-            biounet={
-                "weights": WEIGHT_FILE,
-                "unet_config": config.to_dict(),
-                "halo": margins[0] if len(set(margins)) == 1 else margins,
-                "normalization": info.normalization,
-            },
-        ),
-    )
-
-
-def _preprocessing(bio, normalization: str, spatial: list[str]) -> list:
-    axes = [bio.AxisId(name) for name in spatial]  # per sample and channel
-    if normalization == "percentile":
-        kwargs = bio.ScaleRangeKwargs(axes=axes, min_percentile=1.0, max_percentile=99.8)
-        return [bio.ScaleRangeDescr(kwargs=kwargs)]
-    if normalization == "zscore":
-        return [bio.ZeroMeanUnitVarianceDescr(kwargs=bio.ZeroMeanUnitVarianceKwargs(axes=axes))]
-    return []
-
-
-def _readme(config: UNetConfig, info: PackageInfo) -> str:
-    axes = _axes(config)
-    margin = _px([halo for halo, _, _ in axes])
-    sizes = ", ".join(
-        f"{smallest} + {step} n"
-        for smallest, (_, step, _) in zip(smallest_package_shape(config), axes)
-    )
-    if len(set(sizes.split(", "))) == 1:
-        sizes = sizes.split(", ")[0]
-    else:
-        sizes = f"({sizes})"
-    if config.padding == "valid":
-        border = (
-            f"The outer {margin} per side (the halo) are zero: the network predicts only "
-            "pixels with their full context, so tiled results equal a whole-image prediction."
-        )
-    else:
-        border = f"The outer {margin} per side (the halo) are affected by zero padding."
-    return f"""# {info.name}
-
-{info.description}
-
-A {config.ndim}-D U-Net (Ronneberger, Fischer, Brox, MICCAI 2015) exported by biounet:
-depth {config.depth}, {config.base_channels} base channels, {config.padding} convolutions,
-{config.in_channels} input channel(s), {config.n_classes} classes.
-
-## Inputs and outputs
-
-- Input `image`: float32 (batch, channel, {", ".join(["z", "y", "x"][3 - config.ndim :])}),
-  normalised ({info.normalization}). Valid sizes per spatial axis: {sizes}.
-- Output `probabilities`: softmax over classes, same size as the input. {border}
-  For large images, tile with overlap: pad every input tile by {margin} per side
-  (mirroring the image at its borders) and crop {margin} per side from each output.
-
-## Weights
-
-TorchScript and ONNX (opset in rdf.yaml) compute the same probabilities (checked to
-1e-4 at export). `{WEIGHT_FILE}` holds the same weights and the architecture for
-biounet (`biounet.load_model`); there are no pickle-based `pytorch_state_dict` weights.
-
-## Validation
-
-The test tensors were produced by the PyTorch model; the exported weights reproduce
-them to an absolute tolerance of 1e-4. Validate segmentation quality on annotated
-images of your own microscope before use (e.g. `biounet evaluate`: IoU, F1, AP).
-
-## Citation
-
-{PAPER} doi:{PAPER_DOI}
-"""
 
 
 def is_bioimageio_package(path: str | os.PathLike) -> bool:
