@@ -113,6 +113,28 @@ PREPROCESSING_DEFAULTS = {"normalization": "percentile", "polarity": "as_is"}
 _PREPROCESSING_CHOICES = {"normalization": ("percentile", "zscore"), "polarity": POLARITIES}
 
 
+def check_preprocessing(preprocessing: Mapping[str, str] | None) -> dict[str, str]:
+    """Return `preprocessing` as a dict after checking it names known values only.
+
+    Raises:
+        ValueError: for a key other than "normalization" and "polarity", or a value
+            `stored_preprocessing` would refuse to read back.
+    """
+    found = dict(preprocessing or {})
+    unknown = sorted(set(found) - set(_PREPROCESSING_CHOICES))
+    if unknown:
+        raise ValueError(
+            f"preprocessing must name only {list(_PREPROCESSING_CHOICES)}, got {unknown}"
+        )
+    for key, value in found.items():
+        if value not in _PREPROCESSING_CHOICES[key]:
+            raise ValueError(
+                f"preprocessing {key} must be one of {list(_PREPROCESSING_CHOICES[key])}, "
+                f"got {value!r}"
+            )
+    return found
+
+
 def stored_preprocessing(path: str | os.PathLike) -> dict[str, str]:
     """How the images a model was trained on were normalised, from its weight file.
 

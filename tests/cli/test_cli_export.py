@@ -61,6 +61,19 @@ def test_torchscript_keeps_the_weight_files_preprocessing(small_unet, tmp_path):
     assert main(args) == 0
     record = read_record(out)
     assert (record["normalization"], record["polarity"]) == ("zscore", "bright_objects")
+    # --normalization says otherwise (e.g. for an old file that records nothing)
+    assert main([*args, "--overwrite", "--normalization", "percentile"]) == 0
+    record = read_record(out)
+    assert (record["normalization"], record["polarity"]) == ("percentile", "bright_objects")
+
+
+def test_normalization_none_is_refused_outside_bioimageio(model_file, tmp_path, capsys):
+    out = tmp_path / "unet.pt"
+    args = ["export", "--model", str(model_file), "--format", "torchscript", "--out", str(out)]
+    assert main([*args, "--normalization", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "--normalization none is for bioimageio packages" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_onnx(small_unet, model_file, tmp_path, rng):

@@ -197,3 +197,9 @@ def test_a_boundary_class_network_stays_one_after_export(tmp_path):
     path = export_onnx(model, tmp_path / "b.onnx", exporter="legacy")
     backend = load_onnx_backend(path, n_threads=1)
     assert backend.config.boundary_class and backend.config == model.config
+
+
+def test_unknown_preprocessing_is_refused_before_the_export(tmp_path):
+    with pytest.raises(ValueError, match="preprocessing polarity must be one of"):
+        export_onnx(make_unet(), tmp_path / "m.onnx", preprocessing={"polarity": "dark"})
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,6 +1,7 @@
 """TorchScript export: the saved file equals PyTorch on shapes it was not traced on; checks refuse."""
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -170,8 +171,48 @@ def test_without_preprocessing_the_record_has_geometry_only(tmp_path):
 def test_read_record_refuses_what_is_not_torchscript_and_tolerates_a_bare_file(tmp_path):
     text = tmp_path / "weights.pt"
     text.write_text("not a zip")
-    with pytest.raises(ValueError, match=r"weights.pt is not a readable TorchScript file"):
+    with pytest.raises(ValueError, match=r"weights\.pt is not a readable TorchScript file"):
         read_record(text)
-    buffer = tmp_path / "bare.pt"
-    torch.jit.save(torch.jit.trace(make_unet(), torch.zeros(1, 1, 44, 44)), str(buffer))
-    assert read_record(buffer) == {}
+    with pytest.raises(FileNotFoundError, match="TorchScript file .*missing.pt does not exist"):
+        read_record(tmp_path / "missing.pt")
+    checkpoint = tmp_path / "checkpoint.pt"  # a zip too, without code
+    torch.save({"weight": torch.zeros(2)}, checkpoint)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is not a TorchScript file"):
+        read_record(checkpoint)
+    bare = tmp_path / "bare.pt"
+    torch.jit.save(torch.jit.trace(make_unet(), torch.zeros(1, 1, 44, 44)), str(bare))
+    assert read_record(bare) == {}
+
+
+def _rewritten(source, target, members):
+    """Copy the zip `source` to `target` with `members` ({name: bytes}) added or replaced."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        for name in original.namelist():
+            if name not in members:
+                copy.writestr(name, original.read(name))
+        for name, data in members.items():
+            copy.writestr(name, data)
+    return target
+
+
+def test_read_record_takes_only_the_top_level_record(tmp_path):
+    bare = tmp_path / "bare.pt"
+    torch.jit.save(torch.jit.trace(make_unet(), torch.zeros(1, 1, 44, 44)), str(bare))
+    with zipfile.ZipFile(bare) as archive:
+        top = archive.namelist()[0].split("/")[0]
+    nested = {f"{top}/code/x/extra/biounet.json": b'{"halo": [0, 0]}'}
+    assert read_record(_rewritten(bare, tmp_path / "nested.pt", nested)) == {}
+    for index, data in enumerate([b"\xff\xfe", b"[1, 2]", b'"text"', b'{"halo": NaN}']):
+        damaged = _rewritten(bare, tmp_path / f"d{index}.pt", {f"{top}/extra/biounet.json": data})
+        with pytest.raises(ValueError, match=r"its biounet\.json is not a JSON object"):
+            read_record(damaged)
+
+
+def test_the_record_states_scores_and_refuses_unknown_preprocessing(tmp_path):
+    record = read_record(export_torchscript(make_unet(), tmp_path / "unet.pt"))
+    assert record["biounet_output"] == "scores"
+    with pytest.raises(ValueError, match=r"preprocessing must name only .*got \['halo'\]"):
+        export_torchscript(make_unet(), tmp_path / "b.pt", preprocessing={"halo": "0"})
+    with pytest.raises(ValueError, match="preprocessing normalization must be one of"):
+        export_torchscript(make_unet(), tmp_path / "b.pt", preprocessing={"normalization": "x"})
+    assert not (tmp_path / "b.pt").exists()

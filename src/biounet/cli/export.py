@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a valid tile shape to check the export on (bioimageio: the test tile)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--normalization",
+        choices=("percentile", "zscore", "none"),
+        default=None,
+        help="input normalisation the model was trained with, recorded in the export "
+        "(default: as its weight file records; else percentile; none: bioimageio only)",
+    )
     onnx = parser.add_argument_group("ONNX (also inside bioimageio packages)")
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
     onnx.add_argument(
@@ -43,13 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--author", action="append", help="author name (repeat for several; default: biounet)"
     )
     package.add_argument("--license", default="MIT", help="SPDX licence identifier (default MIT)")
-    package.add_argument(
-        "--normalization",
-        choices=("percentile", "zscore", "none"),
-        default=None,
-        help="input normalisation the model was trained with (default: as its weight file "
-        "records; else percentile)",
-    )
     package.add_argument(
         "--test-image", help="TIFF/PNG whose centre becomes the test tensor and cover image"
     )
@@ -82,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _export(model, out: Path, args: argparse.Namespace, stored: dict[str, str]) -> Path:
     tile_shape = tuple(args.tile_shape) if args.tile_shape else None
+    if args.format != "bioimageio":
+        if args.normalization == "none":
+            raise ValueError(
+                f"--normalization none is for bioimageio packages; a {args.format} export "
+                "records percentile or zscore, which biounet predict applies"
+            )
+        stored = {**stored, "normalization": args.normalization}
     if args.format == "torchscript":
         from biounet.export.torchscript import export_torchscript
 

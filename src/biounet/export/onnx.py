@@ -162,10 +162,14 @@ def onnx_bytes(
             `biounet predict` applies them to an .onnx model too.
 
     Raises:
-        ValueError: for a bad `opset` or `exporter`, or if the export disagrees with PyTorch.
+        ValueError: for a bad `opset`, `exporter` or `preprocessing`, or if the export
+            disagrees with PyTorch.
     """
+    from biounet.weightfile import check_preprocessing
+
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
+    preprocessing = check_preprocessing(preprocessing)
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {sorted(EXPORTERS)}, got {exporter!r}")
     onnx = require("onnx", "ONNX export")
@@ -188,7 +192,7 @@ def onnx_bytes(
         raise ValueError(
             f"the {exporter} ONNX exporter failed ({reason}); exporter={other!r} may succeed"
         ) from None
-    for key, value in {**_metadata(config, output_name), **dict(preprocessing or {})}.items():
+    for key, value in {**_metadata(config, output_name), **preprocessing}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = (

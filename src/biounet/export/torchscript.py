@@ -221,9 +221,11 @@ def export_torchscript(
     shape (`min + step * n` per axis, see `trace_shape`) and returns (B, n_classes,
     *output_shape) class scores, like `UNet.forward`; apply a softmax over axis 1 for
     probabilities. Load it with `torch.jit.load` (this runs code: trusted files only).
-    Its extra file `biounet.json` (`read_record`) holds the network's configuration
-    ("biounet_config"), "halo", "min_input_size" and "input_size_step", as the ONNX
-    export's metadata does, and `preprocessing`.
+    Its extra file `biounet.json` (`read_record`) holds what the ONNX export's
+    metadata holds: the network's configuration ("biounet_config", an object),
+    "biounet_output" ("scores"), "halo", "min_input_size" and "input_size_step" (lists
+    of one integer per spatial axis, where ONNX metadata has comma-separated text), and
+    `preprocessing`.
 
     Args:
         model: a `UNet` (anything with a `config: UNetConfig`).
@@ -234,16 +236,24 @@ def export_torchscript(
             (`biounet.weightfile.stored_preprocessing`; `biounet export` passes them),
             so that a consumer normalises its images as the model was trained.
 
+    Returns:
+        `path`.
+
     Raises:
         FileExistsError: if `path` exists and `overwrite` is False.
-        ValueError: for an invalid `tile_shape`, or if the export disagrees with PyTorch.
+        ValueError: for an invalid `tile_shape` or `preprocessing`, or if the export
+            disagrees with PyTorch.
     """
+    from biounet.data.jsontext import json_text
+    from biounet.weightfile import check_preprocessing
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass overwrite to replace it")
+    preprocessing = check_preprocessing(preprocessing)
     inputs = check_inputs(model.config, tile_shape)
-    record = {**_geometry(model.config), **dict(preprocessing or {})}
-    data = torchscript_bytes(model, inputs, extra_files={RECORD: json.dumps(record)})
+    record = {**preprocessing, **_geometry(model.config)}
+    data = torchscript_bytes(model, inputs, extra_files={RECORD: json_text(record)})
     with atomic_path(path, overwrite=overwrite) as temporary:
         temporary.write_bytes(data)
     return path
@@ -252,35 +262,58 @@ def export_torchscript(
 def read_record(path: str | os.PathLike) -> dict:
     """Return the `biounet.json` extra file of a TorchScript export, {} if it has none.
 
-    A TorchScript file is a zip archive; the record is read from it directly, so no
-    code of the file runs (unlike `torch.jit.load(..., _extra_files=...)`).
+    A TorchScript file is a zip archive with one top folder holding `code/`; the record
+    is `<top>/extra/biounet.json`, read from the archive directly, so no code of the
+    file runs (unlike `torch.jit.load(..., _extra_files=...)`).
+
+    Args:
+        path: a file written by `torch.jit.save` (`export_torchscript`'s output).
+
+    Returns:
+        The record: what `export_torchscript` describes, or {} for TorchScript files
+        written without one.
 
     Raises:
-        ValueError: naming the file, if it is not a TorchScript (zip) file or its
-            record is not a JSON object.
+        FileNotFoundError: if `path` does not exist.
+        ValueError: naming the file, if it is not a TorchScript file (a `torch.save`
+            checkpoint is a zip too) or its record is not a JSON object.
     """
-    path = Path(path)
+    from biounet.data.io import check_input_file
+
+    path = check_input_file(path, name="TorchScript file")
     try:
         with zipfile.ZipFile(path) as archive:
-            # members sit under one top folder whose name torch.jit.save chooses
-            names = [name for name in archive.namelist() if name.endswith(f"/extra/{RECORD}")]
-            data = archive.read(names[0]) if names else None
-    except (zipfile.BadZipFile, OSError) as error:
+            names = archive.namelist()
+            tops = {name.split("/", 1)[0] for name in names}
+            top = tops.pop() if len(tops) == 1 else None
+            if top is None or not any(name.startswith(f"{top}/code/") for name in names):
+                raise ValueError(
+                    f"{path} is not a TorchScript file: expected one top folder with code/ "
+                    "(torch.jit.save's layout)"
+                )
+            record = f"{top}/extra/{RECORD}"
+            data = archive.read(record) if record in names else None
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as error:
         raise ValueError(f"{path} is not a readable TorchScript file: {error}") from None
     if data is None:
         return {}
     try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    if not isinstance(record, dict):
+        found = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError):
+        found = None
+    if not isinstance(found, dict):
         raise ValueError(f"{path}: its {RECORD} is not a JSON object")
-    return record
+    return found
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _geometry(config: UNetConfig) -> dict:
     return {
         "biounet_config": config.to_dict(),
+        "biounet_output": "scores",
         "halo": list(config_halo(config)),
         "min_input_size": list(config_min_input_shape(config)),
         "input_size_step": list(config_size_step(config)),
