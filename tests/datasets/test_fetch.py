@@ -26,15 +26,9 @@ from PIL import Image
 
 from biounet.data.layouts import open_dataset
 from biounet.datasets import fetch as fetch_module
-from biounet.datasets.fetch import (
-    ChecksumError,
-    DownloadError,
-    UnsafeArchiveError,
-    cache_dir,
-    download,
-    fetch,
-    safe_extract,
-)
+from biounet.datasets.archives import UnsafeArchiveError, safe_extract
+from biounet.datasets.download import ChecksumError, DownloadError, download
+from biounet.datasets.fetch import cache_dir, fetch
 from biounet.datasets.registry import DATASETS, DSB_SUBSET_STEP, DataSet, get_dataset
 
 TIMEOUT = 5.0  # seconds per socket operation; bounds every network call below
