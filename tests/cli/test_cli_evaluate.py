@@ -241,3 +241,35 @@ def test_distance_seed_flags_are_checked(tmp_path, capsys):
         assert main([*common, *flags]) == 2
         error = capsys.readouterr().err.strip()
         assert message in error and len(error.splitlines()) == 1, error
+
+
+def test_a_volume_map_is_cut_in_the_voxel_size_its_file_states(tmp_path):
+    # two discs, 2 sections thick, touching in the plane: in cubic voxels the distance to
+    # the Z faces flattens the seeds into one; in 8 x 1 x 1 voxels they are two, as
+    # `predict --instances` cuts the same map of a calibrated input
+    from biounet.data.calibration import Calibration
+    from biounet.data.io import write_tiff
+
+    z, y, x = np.mgrid[0:4, 0:40, 0:56]
+    labels = np.zeros(z.shape, np.uint16)
+    for cell, centre in enumerate((17, 29), start=1):
+        labels[((y - 20) ** 2 + (x - centre) ** 2 <= 64) & (z >= 1) & (z <= 2) & (labels == 0)] = cell
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    tifffile.imwrite(gt / "cells-volume.tif", (labels > 0).astype(np.uint8), photometric="minisblack")
+    tifffile.imwrite(gt / "cells-labels.tif", labels, photometric="minisblack")
+    probability = np.where(labels > 0, 0.9, 0.1).astype(np.float32)
+    calibrated = Calibration(resolution=(200.0, 200.0), resolution_unit=1, unit="um", spacing=0.04)
+    counts = {}
+    for name, calibration, flags in [
+        ("calibrated", calibrated, []),
+        ("plain", None, []),
+        ("overridden", calibrated, ["--spacing", "1", "1", "1"]),
+    ]:
+        pred = tmp_path / name
+        write_tiff(pred / "cells-volume_probability.tif", probability, calibration=calibration)
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--volume", "--metrics",
+                     "instance", "--out", str(out), *flags]) == 0
+        counts[name] = json.loads(out.read_text())["images"][0]["n_pred"]
+    assert counts == {"calibrated": 2, "plain": 1, "overridden": 1}

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         )
     samples = open_dataset(args.gt, layout=args.layout, allow_empty=True, volume=args.volume)
     passes = _prediction_passes(pred_folder, samples.names, groups, args.close_boundaries)
-    report, n_maps = _evaluate_passes(samples, passes, postprocess, args.close_boundaries)
+    report, n_maps = _evaluate_passes(samples, passes, postprocess, args)
     if given_postprocess_flags(args) and n_maps == 0:
         print(
             f"biounet evaluate: warning: {' '.join(given_postprocess_flags(args))} had no "
@@ -148,10 +148,11 @@ def _prediction_passes(
     return passes
 
 
-def _evaluate_passes(samples, passes, postprocess, close_boundaries: bool = False):
+def _evaluate_passes(samples, passes, postprocess, args: argparse.Namespace):
     """Evaluate every pass, merged into one report row by row; also return how many
-    probability maps the object metrics post-processed. `close_boundaries`: the ISBI pass
-    scores `biounet.boundaries.close_boundaries` of each map."""
+    probability maps the object metrics post-processed. With --close-boundaries the ISBI
+    pass scores `biounet.boundaries.close_boundaries` of each map; with --volume a map's
+    distance seeds measure it in the voxel size its file states (`with_file_spacing`)."""
     from biounet.data.io import read_image
     from biounet.evaluation import EvaluationReport, evaluate
 
@@ -164,7 +165,12 @@ def _evaluate_passes(samples, passes, postprocess, close_boundaries: bool = Fals
         ]
         if pass_groups != ["isbi"]:
             n_maps += sum(prediction.dtype.kind == "f" for _, _, prediction in triples)
-        elif close_boundaries:
+            if args.volume:
+                triples = [
+                    (name, truth, _volume_instances(files[name], map_, postprocess, args))
+                    for name, truth, map_ in triples
+                ]
+        elif args.close_boundaries:
             triples = [(name, truth, _closed(files[name], map_)) for name, truth, map_ in triples]
         part = evaluate(triples, metrics=pass_groups, postprocess=postprocess)
         if not report.rows:
@@ -174,6 +180,19 @@ def _evaluate_passes(samples, passes, postprocess, close_boundaries: bool = Fals
                 row.update({key: value for key, value in extra.items() if key != "image"})
         report.overall.update(part.overall)
     return report, n_maps
+
+
+def _volume_instances(path: Path, prediction, postprocess, args: argparse.Namespace):
+    """A (Z, Y, X) probability map as the objects `predict --instances` cuts it into."""
+    from biounet.cli.postprocess_args import with_file_spacing
+    from biounet.evaluation import as_instances
+
+    if prediction.dtype.kind != "f" or prediction.ndim != 3:
+        return prediction
+    own = with_file_spacing(postprocess, path, args, is_volume=True)
+    if own is postprocess:  # no calibration, cubic voxels or --spacing given
+        return prediction
+    return as_instances(prediction, postprocess=own)
 
 
 def _closed(path: Path, prediction):

@@ -158,3 +158,41 @@ def postprocess_config(args: argparse.Namespace, *, boundary_class: bool | None 
         distance_sigma_px=sigma,
         spacing=spacing,
     )
+
+
+def with_file_spacing(postprocess, path, args: argparse.Namespace, *, is_volume: bool):
+    """Without --spacing, a volume's distance seeds measure it in the voxel size its TIFF
+    states (`voxel_spacing`: ImageJ's Z spacing, OME's PhysicalSizeZ).
+
+    `predict --instances` reads it from the input image and `evaluate` from the
+    probability map (which `predict` writes with the input's calibration), so both
+    cut a map into the same objects.
+    """
+    import dataclasses
+    import logging
+
+    from biounet.data.calibration import read_calibration, voxel_spacing
+    from biounet.postprocess import PostprocessConfig
+
+    postprocess = postprocess or PostprocessConfig()
+    uses_distance = postprocess.watershed and postprocess.seeds == "distance"
+    if args.spacing is not None or not (is_volume and uses_distance):
+        return postprocess
+    calibration = read_calibration(path)
+    spacing = voxel_spacing(calibration)
+    # Said at warning level, which the CLI shows by default: it changes the objects.
+    logger = logging.getLogger(__name__)
+    if spacing is None:
+        if calibration is not None and calibration.spacing is not None:
+            logger.warning(
+                "%s states a Z step but no pixel size in a known unit; distance seeds "
+                "count voxels as cubes (pass --spacing Z Y X)", path
+            )
+        return postprocess
+    if all(math.isclose(size, 1.0) for size in spacing):  # cubes: what no spacing means
+        return postprocess
+    logger.warning(
+        "%s: distance seeds with --spacing %s from its calibration (pass --spacing to "
+        "override)", path, " ".join(f"{size:g}" for size in spacing)
+    )
+    return dataclasses.replace(postprocess, spacing=spacing)

@@ -32,41 +32,6 @@ def _remove_stale_outputs(out: Path, path: Path, args: argparse.Namespace) -> No
             logging.getLogger(__name__).warning("removed %s of an earlier run", stale)
 
 
-def _with_file_spacing(postprocess, probabilities, path: Path, args, config):
-    """Without --spacing, a 3-D network's distance seeds measure the volume in the voxel
-    size its TIFF states (`voxel_spacing`: ImageJ's Z spacing, OME's PhysicalSizeZ)."""
-    import dataclasses
-    import logging
-    import math
-
-    from biounet.data.calibration import read_calibration, voxel_spacing
-    from biounet.postprocess import PostprocessConfig
-
-    postprocess = postprocess or PostprocessConfig()
-    is_volume = config.ndim == 3 and probabilities.ndim == 4
-    uses_distance = postprocess.watershed and postprocess.seeds == "distance"
-    if args.spacing is not None or not (is_volume and uses_distance):
-        return postprocess
-    calibration = read_calibration(path)
-    spacing = voxel_spacing(calibration)
-    # Said at warning level, which the CLI shows by default: it changes the objects.
-    logger = logging.getLogger(__name__)
-    if spacing is None:
-        if calibration is not None and calibration.spacing is not None:
-            logger.warning(
-                "%s states a Z step but no pixel size in a known unit; distance seeds "
-                "count voxels as cubes (pass --spacing Z Y X)", path
-            )
-        return postprocess
-    if all(math.isclose(size, 1.0) for size in spacing):  # cubes: what no spacing means
-        return postprocess
-    logger.warning(
-        "%s: distance seeds with --spacing %s from its calibration (pass --spacing to "
-        "override)", path, " ".join(f"{size:g}" for size in spacing)
-    )
-    return dataclasses.replace(postprocess, spacing=spacing)
-
-
 def _instances(probabilities: np.ndarray, config, postprocess) -> np.ndarray:
     """Object ids of (C, ...) probabilities; the pages of a 2-D network's stack are
     segmented one by one and numbered on, so every id names one object in the stack."""
@@ -89,6 +54,7 @@ def predict_file(
     models: list, path: Path, out: Path, args: argparse.Namespace, *, postprocess=None
 ) -> None:
     """Predict IMAGE `path` with the network, or the mean of several (`predict_ensemble`)."""
+    from biounet.cli.postprocess_args import with_file_spacing
     from biounet.data.calibration import read_calibration
     from biounet.data.io import read_image, write_tiff
     from biounet.data.prepare import prepare_page, split_pages
@@ -132,7 +98,8 @@ def predict_file(
         write(files["probabilities"], probabilities, classes_first=True)
     _remove_stale_outputs(out, path, args)
     if args.instances:
-        postprocess = _with_file_spacing(postprocess, probabilities, path, args, config)
+        is_volume = config.ndim == 3 and probabilities.ndim == 4
+        postprocess = with_file_spacing(postprocess, path, args, is_volume=is_volume)
         write(files["instances"], _instances(probabilities, config, postprocess))
     if args.close_boundaries:
         write(files["closed"], _closed(foreground))
