@@ -4,7 +4,9 @@ Every export is compared with the PyTorch model on test tiles before it is writt
 (max abs difference of probabilities <= 1e-4) and written atomically. ONNX and
 TorchScript files map images to class scores with any batch size and any valid tile
 shape; TorchScript files contain code, so load them only from trusted sources
-(biounet itself never loads either format). Needs `pip install 'biounet[export]'`.
+(biounet never loads them; `predict --backend onnxruntime` runs ONNX files, which hold
+no code). Both record how to normalise the input (--normalization, and the weight
+file's polarity). Needs `pip install 'biounet[export]'`.
 """
 
 from __future__ import annotations
