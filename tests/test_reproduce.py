@@ -225,3 +225,14 @@ def test_the_choice_on_validation_does_not_change_the_score(tmp_path, rng, tiny_
     recorded = results["postprocess_chosen_on_validation"]
     assert recorded["threshold"] == 0.999
     assert recorded["test"]["seg"] < results["overall"]["seg"]
+
+
+def test_each_protocol_trains_as_long_as_the_readme_figures_unless_told():
+    cpu = reproduce.CPU_ITERATIONS
+    assert reproduce.protocol_iterations("dsb2018", "cpu", None, None) == cpu["dsb2018"]
+    assert reproduce.protocol_iterations("isbi2012", "cpu", None, {"train": {"seed": 1}}) == cpu["isbi2012"]
+    assert reproduce.protocol_iterations("dsb2018", "cpu", 5, None) == 5
+    # a --config that names its iterations, the paper preset and ctc keep their own
+    assert reproduce.protocol_iterations("dsb2018", "cpu", None, {"train": {"iterations": 9}}) is None
+    assert reproduce.protocol_iterations("dsb2018", "paper", None, None) is None
+    assert reproduce.protocol_iterations("ctc", "cpu", None, None) is None

@@ -18,7 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--dataset", help="for ctc: DIC-C2DH-HeLa or PhC-C2DH-U373")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
-    parser.add_argument("--iterations", type=int, help="override the preset's iterations")
+    from biounet.reproduce import CPU_ITERATIONS
+
+    defaults = ", ".join(f"{count} for {name}" for name, count in CPU_ITERATIONS.items())
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        help=f"training iterations (default with the cpu preset: {defaults}; else the preset's)",
+    )
     parser.add_argument(
         "--config", help="JSON file {model: {...}, train: {...}, augment: {...}} over the preset"
     )
