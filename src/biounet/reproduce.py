@@ -109,8 +109,10 @@ def protocol_iterations(
     `CPU_ITERATIONS` for the cpu preset; None leaves the preset's.
 
     Example:
-        >>> protocol_iterations("dsb2018", "cpu", None, None), protocol_iterations("dsb2018", "paper", None, None)
-        (7000, None)
+        >>> protocol_iterations("dsb2018", "cpu", None, None)
+        7000
+        >>> protocol_iterations("dsb2018", "paper", None, None) is None
+        True
     """
     if iterations is not None:
         return iterations
