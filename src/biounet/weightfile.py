@@ -116,6 +116,13 @@ _PREPROCESSING_CHOICES = {"normalization": ("percentile", "zscore"), "polarity":
 def check_preprocessing(preprocessing: Mapping[str, str] | None) -> dict[str, str]:
     """Return `preprocessing` as a dict after checking it names known values only.
 
+    Args:
+        preprocessing: {"normalization": ..., "polarity": ...}, either or both; None
+            for none.
+
+    Returns:
+        A new dict of the same items.
+
     Raises:
         ValueError: for a key other than "normalization" and "polarity", or a value
             `stored_preprocessing` would refuse to read back.

@@ -259,6 +259,7 @@ def test_a_volume_map_is_cut_in_the_voxel_size_its_file_states(tmp_path):
     tifffile.imwrite(gt / "cells-volume.tif", (labels > 0).astype(np.uint8), photometric="minisblack")
     tifffile.imwrite(gt / "cells-labels.tif", labels, photometric="minisblack")
     probability = np.where(labels > 0, 0.9, 0.1).astype(np.float32)
+    probability[1, 2:4, 2:4] = 0.9  # a speck below --min-size: no object, but map foreground
     calibrated = Calibration(resolution=(200.0, 200.0), resolution_unit=1, unit="um", spacing=0.04)
     counts = {}
     for name, calibration, flags in [
@@ -273,3 +274,13 @@ def test_a_volume_map_is_cut_in_the_voxel_size_its_file_states(tmp_path):
                      "instance", "--out", str(out), *flags]) == 0
         counts[name] = json.loads(out.read_text())["images"][0]["n_pred"]
     assert counts == {"calibrated": 2, "plain": 1, "overridden": 1}
+    # the ISBI errors score the map itself, whatever voxel size cuts its objects
+    isbi = {}
+    for name in ("calibrated", "plain"):
+        out = tmp_path / f"{name}-all.json"
+        assert main(["evaluate", "--pred", str(tmp_path / name), "--gt", str(gt), "--volume",
+                     "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        isbi[name] = {key: report["overall"][key] for key in ("pixel_error", "rand_error")}
+        assert report["images"][0]["n_pred"] == counts[name]
+    assert isbi["calibrated"] == isbi["plain"]

@@ -7,7 +7,8 @@ NAME_probability.tif (from biounet predict), NAME_labels.tif or NAME_mask.tif; t
 instance metrics (ctc, instance) take NAME_instances.tif (predict --instances) before
 NAME_probability.tif. Float files are probability maps, integer files label images;
 probability maps become instances by --threshold, --min-size and the watershed
-(`biounet.postprocess`). --close-boundaries first sets to 0 the one-pixel lines where
+(`biounet.postprocess`; with --volume its distance seeds measure a map in the voxel size
+its TIFF states, as predict --instances does). --close-boundaries first sets to 0 the one-pixel lines where
 the seeded watershed basins of each map meet, closing its membrane gaps
 (`biounet.boundaries`), for the ISBI errors only; the object metrics read the files
 unchanged. Prints a table per image and
@@ -58,7 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "biounet.boundaries); label files are refused",
     )
     add_postprocess_arguments(
-        parser, used_by="instances from probability maps", with_interior=False
+        parser,
+        used_by="instances from probability maps",
+        with_interior=False,
+        spacing_default="with --volume the voxel size the map's TIFF states, else 1",
     )
 
 
@@ -92,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
             f"NAME-labels.tif, DSB 2018 or CTC layout), got the file {args.gt}"
         )
     samples = open_dataset(args.gt, layout=args.layout, allow_empty=True, volume=args.volume)
-    passes = _prediction_passes(pred_folder, samples.names, groups, args.close_boundaries)
+    # the ISBI errors score the maps as they are; --volume and --close-boundaries change
+    # the maps of the other pass
+    isbi_apart = args.close_boundaries or args.volume
+    passes = _prediction_passes(pred_folder, samples.names, groups, isbi_apart)
     report, n_maps = _evaluate_passes(samples, passes, postprocess, args)
     if given_postprocess_flags(args) and n_maps == 0:
         print(

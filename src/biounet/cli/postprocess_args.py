@@ -164,9 +164,20 @@ def with_file_spacing(postprocess, path, args: argparse.Namespace, *, is_volume:
     """Without --spacing, a volume's distance seeds measure it in the voxel size its TIFF
     states (`voxel_spacing`: ImageJ's Z spacing, OME's PhysicalSizeZ).
 
-    `predict --instances` reads it from the input image and `evaluate` from the
+    `predict --instances` reads it from the input image and `evaluate --volume` from the
     probability map (which `predict` writes with the input's calibration), so both
-    cut a map into the same objects.
+    cut a 3-D network's map into the same objects.
+
+    Args:
+        postprocess: the flags' `PostprocessConfig` (None: the defaults).
+        path: the TIFF whose calibration applies.
+        args: the parsed command line (its `spacing`).
+        is_volume: whether the map is a (Z, Y, X) volume.
+
+    Returns:
+        `postprocess` itself when --spacing was given, the seeds are not distance
+        seeds, the map is no volume or the file states no (or cubic) voxels; else a
+        copy with the file's `spacing`, said in a warning.
     """
     import dataclasses
     import logging
