@@ -8,12 +8,11 @@ instance metrics (ctc, instance) take NAME_instances.tif (predict --instances) b
 NAME_probability.tif. Float files are probability maps, integer files label images;
 probability maps become instances by --threshold, --min-size and the watershed
 (`biounet.postprocess`; with --volume its distance seeds measure a map in the voxel size
-its TIFF states, as predict --instances does). --close-boundaries first sets to 0 the one-pixel lines where
-the seeded watershed basins of each map meet, closing its membrane gaps
-(`biounet.boundaries`), for the ISBI errors only; the object metrics read the files
-unchanged. Prints a table per image and
-overall; --out writes JSON and --csv the per-image rows; an existing file is replaced only
-with --overwrite.
+its TIFF states, as predict --instances does). --close-boundaries first sets to 0 the
+one-pixel lines where the seeded watershed basins of each map meet, closing its membrane
+gaps (`biounet.boundaries`), for the ISBI errors only; the object metrics read the files
+unchanged. Prints a table per image and overall; --out writes JSON and --csv the
+per-image rows; an existing file is replaced only with --overwrite.
 """
 
 from __future__ import annotations
