@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from biounet.config import UNetConfig
-from biounet.export.torchscript import trace_shape
+from biounet.export.checks import trace_shape
 from biounet.geometry import min_input_size
 from biounet.inference.predict import predict_tiled
 from biounet.model.unet import UNet

@@ -8,15 +8,11 @@ import pytest
 import torch
 
 from biounet.config import UNetConfig
-from biounet.export.torchscript import (
-    TOLERANCE,
-    check_inputs,
+from biounet.export.checks import (
     check_tile_shape,
-    compare_with_pytorch,
-    export_torchscript,
-    read_record,
     trace_shape,
 )
+from biounet.export.torchscript import export_torchscript, read_record
 from biounet.geometry import config_halo, min_input_size
 from biounet.model.unet import UNet
 
@@ -83,32 +79,6 @@ def test_a_trace_that_does_not_generalise_is_refused_and_not_written(tmp_path):
     with pytest.raises(ValueError, match="TorchScript export disagrees with PyTorch"):
         export_torchscript(model, tmp_path / "unet.pt")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_compare_with_pytorch_tolerance():
-    model = make_unet()
-    inputs = check_inputs(model.config)
-    exact = compare_with_pytorch(model, lambda batch: scores(model, batch), inputs, name="test")
-    assert exact == 0.0
-
-    def nudged(batch):  # probabilities move by up to a quarter of the score change
-        result = scores(model, batch)
-        result[:, 0] += 40 * TOLERANCE
-        return result
-
-    with pytest.raises(ValueError, match=r"test export disagrees .* > 0.0001"):
-        compare_with_pytorch(model, nudged, inputs, name="test")
-    with pytest.raises(ValueError, match="gives shape"):
-        compare_with_pytorch(model, lambda batch: scores(model, batch)[:, :1], inputs, name="test")
-
-
-def test_check_inputs_shapes_and_seed():
-    config = UNetConfig(depth=2, base_channels=4)
-    first, second = check_inputs(config)
-    assert first.shape == (2, 1, 52, 56) and first.dtype == np.float32  # 44 + 4n, n = 2, 3
-    assert second.shape == (1, 1, 48, 60)
-    np.testing.assert_array_equal(first, check_inputs(config)[0])
-    assert check_inputs(config, (92, 44))[1].shape == (1, 1, 92, 44)
 
 
 @pytest.mark.parametrize(

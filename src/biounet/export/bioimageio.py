@@ -42,13 +42,9 @@ from biounet.export.bioimageio_rdf import (
     model_description,
     readme_text,
 )
+from biounet.export.checks import check_inputs, check_tile_shape, frozen_copy
 from biounet.export.onnx import DEFAULT_OPSET, onnx_bytes, require
-from biounet.export.torchscript import (
-    check_inputs,
-    check_tile_shape,
-    frozen_copy,
-    torchscript_bytes,
-)
+from biounet.export.torchscript import torchscript_bytes
 from biounet.geometry import (
     config_output_shape,
     min_input_size,

@@ -12,7 +12,7 @@ when every axis has the same, else one per spatial axis, comma-separated (Z, Y, 
 Two exporters: "dynamo" (torch.export, PyTorch's supported exporter: 10-30 s because
 it reasons about the symbolic input sizes) and "legacy" (the TorchScript-based
 exporter, about 1 s, deprecated by PyTorch). Both are checked on the spot against
-PyTorch (`biounet.export.torchscript.compare_with_pytorch`).
+PyTorch (`biounet.export.checks.compare_with_pytorch`).
 
 Needs the optional packages onnx, onnxscript and onnxruntime (`pip install 'biounet[export]'`).
 """
@@ -35,7 +35,7 @@ from torch import nn
 from biounet.config import UNetConfig
 from biounet.data.io import check_input_file
 from biounet.data.outputs import atomic_path
-from biounet.export.torchscript import check_inputs, compare_with_pytorch, frozen_copy
+from biounet.export.checks import check_inputs, compare_with_pytorch, frozen_copy
 from biounet.geometry import config_halo, config_min_input_shape, config_size_step
 
 logger = logging.getLogger(__name__)
