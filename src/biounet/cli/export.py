@@ -61,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from biounet.data.outputs import check_output_path
     from biounet.weightfile import load_model, stored_preprocessing
 
+    if args.format != "bioimageio" and args.normalization == "none":
+        raise ValueError(
+            f"--normalization none is for bioimageio packages; a {args.format} export "
+            "records percentile or zscore, which biounet predict applies"
+        )
     out = check_output_path(args.out, name="--out")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"output {out} already exists; pass --overwrite to replace it")
@@ -85,11 +90,6 @@ def run(args: argparse.Namespace) -> int:
 def _export(model, out: Path, args: argparse.Namespace, stored: dict[str, str]) -> Path:
     tile_shape = tuple(args.tile_shape) if args.tile_shape else None
     if args.format != "bioimageio":
-        if args.normalization == "none":
-            raise ValueError(
-                f"--normalization none is for bioimageio packages; a {args.format} export "
-                "records percentile or zscore, which biounet predict applies"
-            )
         stored = {**stored, "normalization": args.normalization}
     if args.format == "torchscript":
         from biounet.export.torchscript import export_torchscript
