@@ -85,14 +85,14 @@ def export_torchscript(
     """Write `model` as a traced TorchScript file that maps images to class scores.
 
     The file takes float32 (B, C, *spatial) with any batch size and any valid input
-    shape (`min + step * n` per axis, see `trace_shape`) and returns (B, n_classes,
-    *output_shape) class scores, like `UNet.forward`; apply a softmax over axis 1 for
-    probabilities. Load it with `torch.jit.load` (this runs code: trusted files only).
-    Its extra file `biounet.json` (`read_record`) holds what the ONNX export's
-    metadata holds: the network's configuration ("biounet_config", an object),
-    "biounet_output" ("scores"), "halo", "min_input_size" and "input_size_step" (lists
-    of one integer per spatial axis, where ONNX metadata has comma-separated text), and
-    `preprocessing`.
+    shape (`min + step * n` per axis, see `biounet.export.checks.trace_shape`) and
+    returns (B, n_classes, *output_shape) class scores, like `UNet.forward`; apply a
+    softmax over axis 1 for probabilities. Load it with `torch.jit.load` (this runs
+    code: trusted files only). Its extra file `biounet.json` (`read_record`) holds
+    what the ONNX export's metadata holds: the network's configuration
+    ("biounet_config", an object), "biounet_output" ("scores"), "halo",
+    "min_input_size" and "input_size_step" (lists of one integer per spatial axis,
+    where ONNX metadata has comma-separated text), and `preprocessing`.
 
     Args:
         model: a `UNet` (anything with a `config: UNetConfig`).
