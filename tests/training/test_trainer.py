@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -66,13 +67,15 @@ def test_short_training_decreases_loss_and_writes_run_folder(tmp_path, rng):
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_resume_gives_the_same_weights(tmp_path, rng):
+def test_resume_gives_the_same_weights(tmp_path, rng, caplog):
     items = synthetic_items(rng)
     make_trainer(tmp_path / "whole", items, 12).fit()
     make_trainer(tmp_path / "split", items, 5).fit()  # stops with a checkpoint at step 5
     resumed = make_trainer(tmp_path / "split", items, 12)
-    result = resumed.fit(resume=True)
+    with caplog.at_level(logging.WARNING, logger="biounet.training.trainer"):
+        result = resumed.fit(resume=True)
     assert result.step == 12
+    assert "at step 5: it was started for 5 iterations and now trains to 12" in caplog.text
     whole = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors")
     split = load_checkpoint(tmp_path / "split" / "checkpoint.safetensors")
     for key, value in whole.model_state.items():

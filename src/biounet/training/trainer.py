@@ -213,6 +213,13 @@ class Trainer:
                 )
             restore(checkpoint, model=model, optimizer=optimizer, rank=self.rank)
             start, best = checkpoint.step, checkpoint.extra.get("best_score")
+            recorded = (checkpoint.configs.get("train") or {}).get("iterations")
+            if is_main and recorded not in (None, config.iterations):
+                # said: rerunning a finished command after a default changed trains on
+                logger.warning(
+                    "resuming %s at step %d: it was started for %d iterations and now "
+                    "trains to %d", self.run_dir, start, recorded, config.iterations,
+                )
             self.history = checkpoint.extra.get("history", [])
         if is_main:
             _write_text(self.run_dir / "config.json", json.dumps(self.configs, indent=2))
