@@ -263,7 +263,7 @@ def test_dsb_errors(tmp_path, rng):
 def test_ctc_reads_annotated_frames_only(tmp_path, caplog):
     truths = make_ctc(tmp_path)
     save(tmp_path / "02_GT" / "SEG" / "man_seg002_005.tif", np.ones((16, 16), np.uint16))
-    with caplog.at_level(logging.INFO, logger="biounet.data.layouts"):
+    with caplog.at_level(logging.INFO, logger="biounet.data.layout_files"):
         dataset = open_dataset(tmp_path)
     assert "skipping 1 per-slice 3-D annotations" in caplog.text
     assert dataset.layout == "ctc" and dataset.names == ("01_t001", "01_t003", "02_t000")

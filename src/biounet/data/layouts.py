@@ -25,27 +25,35 @@ A sample's image is returned as stored (dtype and colour samples last, (Y, X) or
 Labels are converted by `convert_labels`. Files are read when a sample is indexed, not
 at opening (except stacks, whose length is their page count), so shape and label
 errors surface then; `list(dataset)` checks them all.
+Which files form each layout's samples is found by `biounet.data.layout_files`.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from biounet.data.io import IMAGE_SUFFIXES, read_image
-
-logger = logging.getLogger(__name__)
+from biounet.data.io import read_image
+from biounet.data.layout_files import (
+    ctc_sequences,
+    find_ctc,
+    find_dsb,
+    find_file,
+    find_label_folder,
+    find_pairs,
+    image_files,
+    kaggle_image,
+    stack_prefixes,
+    subfolders,
+)
 
 LAYOUTS = ("pairs", "stack", "dsb", "ctc")
 LABEL_KINDS = ("auto", "binary", "instance", "semantic")
-LABEL_FOLDERS = ("labels", "masks")
 _MAX_SAMPLES = 4  # as normalize.to_float_image: a last axis of 1-4 is colour samples
 _LAYOUT_HELP = (
     "pairs (images/ + labels/ or masks/, same file stems), "
@@ -157,7 +165,7 @@ def open_dataset(
     if layout == "stack":
         names, loaders = _stack_samples(path, labels_path, rules, volume=volume)
     else:
-        found = {"pairs": _find_pairs, "dsb": _find_dsb, "ctc": _find_ctc}[layout](path)
+        found = {"pairs": find_pairs, "dsb": find_dsb, "ctc": find_ctc}[layout](path)
         load = _load_dsb if layout == "dsb" else _load_pair
         names = list(found)
         loaders = [functools.partial(load, name, *found[name], rules) for name in names]
@@ -180,13 +188,13 @@ def detect_layout(path: str | os.PathLike) -> str:
     if path.is_file():
         return "stack"
     if (path / "images").is_dir():
-        label_folder = _label_folder(path)
-        return "pairs" if _image_files(label_folder) else "dsb"
-    if _stack_prefixes(path):
+        label_folder = find_label_folder(path)
+        return "pairs" if image_files(label_folder) else "dsb"
+    if stack_prefixes(path):
         return "stack"
-    if _ctc_sequences(path):
+    if ctc_sequences(path):
         return "ctc"
-    if any(_kaggle_image(folder) and (folder / "masks").is_dir() for folder in _subfolders(path)):
+    if any(kaggle_image(folder) and (folder / "masks").is_dir() for folder in subfolders(path)):
         return "dsb"
     hint = f"; it has a train/ folder, open {path / 'train'}" if (path / "train").is_dir() else ""
     raise ValueError(f"no supported data set layout found in {path}{hint}; supported: "
@@ -281,7 +289,7 @@ def _load_dsb(name: str, image_path: Path, mask_folder: Path, rules: _LabelRules
     shape = _spatial_shape(image)
     labels = np.zeros(shape, dtype=np.int32)
     # Sorted order fixes the ids; the later mask wins the few overlapping pixels.
-    for instance_id, mask_path in enumerate(_image_files(mask_folder), start=1):
+    for instance_id, mask_path in enumerate(image_files(mask_folder), start=1):
         mask = read_image(mask_path, name="mask")
         if mask.shape != shape:
             raise ValueError(f"mask {mask_path} has shape {mask.shape} but image {image_path} "
@@ -293,104 +301,15 @@ def _load_dsb(name: str, image_path: Path, mask_folder: Path, rules: _LabelRules
                    _LabelRules("instance", rules.allow_empty))
 
 
-def _image_files(folder: Path | None) -> list[Path]:
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted(path for path in folder.iterdir() if path.is_file()
-                  and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.iterdir()
-                  if path.is_dir() and not path.name.startswith("."))
-
-
-def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
-    stems: dict[str, Path] = {}
-    for path in files:
-        if path.stem in stems:
-            raise ValueError(f"folder {folder} holds both {stems[path.stem].name} and "
-                             f"{path.name}; keep one file per name")
-        stems[path.stem] = path
-    return stems
-
-
-def _label_folder(root: Path) -> Path:
-    present = [root / name for name in LABEL_FOLDERS if (root / name).is_dir()]
-    if not present:
-        raise ValueError(f"data set {root} has images/ but no labels/ or masks/ folder")
-    if len(present) > 1:
-        raise ValueError(f"data set {root} has both labels/ and masks/ folders; keep one")
-    return present[0]
-
-
-def _preview(names: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def _match(images: dict[str, Path], labels: dict[str, Path], image_where: Path,
-           label_where: Path) -> dict[str, tuple[Path, Path]]:
-    if not images:
-        raise ValueError(f"{image_where} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    missing = [name for name in images if name not in labels]
-    if missing:
-        raise ValueError(f"{len(missing)} of {len(images)} images in {image_where} have no "
-                         f"labels in {label_where}: {_preview(missing)}")
-    unused = [name for name in labels if name not in images]
-    if unused:
-        logger.warning("%d labels in %s have no image: %s", len(unused), label_where,
-                       _preview(unused))
-    return {name: (images[name], labels[name]) for name in images}
-
-
-def _find_pairs(root: Path) -> dict[str, tuple[Path, Path]]:
-    if not (root / "images").is_dir():
-        raise ValueError(f"data set {root} has no images/ folder; the pairs layout needs one")
-    image_folder, label_folder = root / "images", _label_folder(root)
-    images = _by_stem(_image_files(image_folder), image_folder)
-    labels = _by_stem(_image_files(label_folder), label_folder)
-    return _match(images, labels, image_folder, label_folder)
-
-
-def _find_dsb(root: Path) -> dict[str, tuple[Path, Path]]:
-    if (root / "images").is_dir():  # this project's copy: images/<id>.png, labels/<id>/
-        image_folder, label_folder = root / "images", _label_folder(root)
-        images = _by_stem(_image_files(image_folder), image_folder)
-        masks = {folder.name: folder for folder in _subfolders(label_folder)}
-        return _match(images, masks, image_folder, label_folder)
-    images, masks = {}, {}  # Kaggle: <id>/images/<id>.png, <id>/masks/*.png
-    for folder in _subfolders(root):
-        image_path = _kaggle_image(folder)
-        if image_path:
-            images[folder.name] = image_path
-        if (folder / "masks").is_dir():
-            masks[folder.name] = folder / "masks"
-    return _match(images, masks, root, root)
-
-
-def _kaggle_image(folder: Path) -> Path | None:
-    """Return `folder`/images/`folder.name`.<suffix>, Kaggle's DSB image, if it exists."""
-    files = _by_stem(_image_files(folder / "images"), folder / "images")
-    return files.get(folder.name)
-
-
-def _stack_prefixes(folder: Path) -> list[str]:
-    names = {path.name.lower(): path for path in folder.iterdir() if path.is_file()}
-    return sorted({match.group(1) for name in names
-                   if (match := re.fullmatch(r"(.*)-volume\.tiff?", name))
-                   and any(f"{match.group(1)}-labels{ext}" in names for ext in (".tif", ".tiff"))})
-
-
 def _stack_samples(path: Path, labels_path: str | os.PathLike | None, rules: _LabelRules, *,
                    volume: bool = False) -> tuple[list[str], list[Callable[[], Sample]]]:
     if path.is_dir():
-        prefixes = _stack_prefixes(path)
+        prefixes = stack_prefixes(path)
         if len(prefixes) != 1:
             found = ", ".join(prefixes) or "none"
             raise ValueError(f"folder {path} needs exactly one <name>-volume.tif with a "
                              f"<name>-labels.tif; found prefixes: {found}")
-        path, labels_path = (_find_file(path, f"{prefixes[0]}-{kind}") for kind in
+        path, labels_path = (find_file(path, f"{prefixes[0]}-{kind}") for kind in
                              ("volume", "labels"))
     elif labels_path is None:
         raise ValueError(f"labels_path must name the label stack for image stack {path}")
@@ -410,49 +329,3 @@ def _stack_samples(path: Path, labels_path: str | os.PathLike | None, rules: _La
     loaders = [functools.partial(_load_page, name, images, labels, page, sources, rules)
                for page, name in enumerate(names)]
     return names, loaders
-
-
-def _find_file(folder: Path, stem: str) -> Path:
-    return next(path for path in sorted(folder.iterdir())
-                if path.name.lower() in (f"{stem}.tif", f"{stem}.tiff"))
-
-
-def _ctc_sequences(root: Path) -> list[str]:
-    return [folder.name for folder in _subfolders(root)
-            if folder.name.isdigit() and (root / f"{folder.name}_GT" / "SEG").is_dir()]
-
-
-def _find_ctc(root: Path) -> dict[str, tuple[Path, Path]]:
-    sequences = _ctc_sequences(root)
-    if not sequences:
-        raise ValueError(f"{root} has no sequence folder NN with NN_GT/SEG beside it")
-    found: dict[str, tuple[Path, Path]] = {}
-    for sequence in sequences:
-        segmentation = root / f"{sequence}_GT" / "SEG"
-        frames = _frames(_image_files(root / sequence), r"t(\d+)")
-        truths = _frames(_image_files(segmentation), r"man_seg(\d+)")
-        n_slices = sum(bool(re.fullmatch(r"man_seg\d+_\d+", path.stem))
-                       for path in _image_files(segmentation))
-        if n_slices:
-            logger.info("skipping %d per-slice 3-D annotations man_segTTT_ZZZ in %s",
-                        n_slices, segmentation)
-        missing = [f"man_seg{frame}" for frame in truths if frame not in frames]
-        if missing:
-            raise ValueError(f"annotations in {segmentation} have no frame t<same number> in "
-                             f"{root / sequence}: {_preview(missing)}")
-        for frame, label_path in sorted(truths.items(), key=lambda item: int(item[0])):
-            image_path = frames[frame]
-            found[f"{sequence}_{image_path.stem}"] = (image_path, label_path)
-    if not found:
-        raise ValueError(f"no annotated 2-D frame man_segTTT.tif found under {root}")
-    return found
-
-
-def _frames(files: list[Path], pattern: str) -> dict[str, Path]:
-    """Map each frame number (without leading zeros) to its file."""
-    frames = {}
-    for path in files:
-        match = re.fullmatch(pattern, path.stem)
-        if match:
-            frames[str(int(match.group(1)))] = path
-    return frames
