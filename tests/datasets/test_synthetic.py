@@ -8,14 +8,15 @@ from scipy import ndimage
 
 from biounet.datasets.synthetic import (
     SyntheticConfig,
-    _border_mask,
-    _greedy_independent_set,
-    _keep_largest_components,
-    _smooth_noise,
-    _tessellate,
     generate_dataset,
     generate_sample,
 )
+from biounet.datasets.synthetic_cells import (
+    _greedy_independent_set,
+    _keep_largest_components,
+    _tessellate,
+)
+from biounet.datasets.synthetic_image import _border_mask, smooth_noise
 
 # Everything that changes intensities switched off: the image is cell value x border factor.
 NOISELESS = SyntheticConfig(
@@ -263,9 +264,9 @@ def test_greedy_independent_set_matches_the_sequential_greedy(rng):
 
 
 @pytest.mark.parametrize("scale_px", [2.0, 8.0, 40.0])
-def test_smooth_noise_has_zero_mean_unit_variance_and_its_scale(scale_px):
+def testsmooth_noise_has_zero_mean_unit_variance_and_its_scale(scale_px):
     fields = np.stack(
-        [_smooth_noise((300, 260), scale_px, np.random.default_rng(seed)) for seed in range(8)]
+        [smooth_noise((300, 260), scale_px, np.random.default_rng(seed)) for seed in range(8)]
     )
 
     assert fields.shape == (8, 300, 260) and fields.dtype == np.float32
