@@ -30,7 +30,8 @@ from biounet.data.normalize import normalize_percentile
 from biounet.inference.predict import predict_tiled
 from biounet.model.unet import UNet
 from biounet.training.checkpoint import load_checkpoint, save_checkpoint
-from biounet.training.trainer import CHECKPOINT, build_optimizer
+from biounet.training.optim import build_optimizer
+from biounet.training.trainer import CHECKPOINT
 from biounet.weightfile import load_model, save_model
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")

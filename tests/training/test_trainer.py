@@ -101,7 +101,7 @@ def test_interrupt_writes_checkpoint(tmp_path, rng):
 
 def test_cosine_schedule_resumes_exactly(tmp_path, rng):
     """The cosine learning rate is a function of the step: stop at 5 of 12, resume, equal."""
-    from biounet.training.trainer import learning_rate_at
+    from biounet.training.optim import learning_rate_at
 
     items = synthetic_items(rng)
     make_trainer(tmp_path / "whole", items, 12, lr_schedule="cosine").fit()
@@ -136,7 +136,7 @@ def test_resume_with_other_config_is_refused(tmp_path, rng):
 
 
 def test_validation_metrics_by_task(rng):
-    from biounet.training.trainer import SCORES
+    from biounet.training.validation import SCORES
 
     (item,) = synthetic_items(rng, count=1)
     perfect = np.stack([1.0 - (item.target > 0), (item.target > 0)]).astype(np.float32)
@@ -238,7 +238,7 @@ def test_resume_of_a_run_saved_before_a_field_existed(tmp_path, rng):
 def trainer_model(checkpoint):
     from biounet.model.unet import UNet
     from biounet.training.checkpoint import restore
-    from biounet.training.trainer import build_optimizer
+    from biounet.training.optim import build_optimizer
 
     model = UNet(MODEL)
     optimizer = build_optimizer(model, TrainConfig(optimizer="adam", learning_rate=3e-3))
@@ -247,7 +247,7 @@ def trainer_model(checkpoint):
 
 
 def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_path, rng, monkeypatch):
-    import biounet.training.trainer as trainer_module
+    import biounet.training.validation as validation_module
 
     model = UNetConfig(depth=2, base_channels=4, n_classes=3, boundary_class=True)
     config = TrainConfig()
@@ -259,14 +259,14 @@ def test_boundary_class_network_learns_and_validates_with_interior_seeds(tmp_pat
         image = np.where(labels > 0, 1.0, 0.0)[None] + rng.normal(0, 0.3, (1, 64, 64))
         items.append(make_training_image(f"b{index}", image.astype(np.float32), labels, model_config=model, train_config=config))
     seen = []
-    original = trainer_module.ap50_score
+    original = validation_module.ap50_score
 
     def spy(probabilities, item, **options):
         seen.append((probabilities.shape[0], options))
         return original(probabilities, item, **options)
 
-    monkeypatch.setitem(trainer_module.SCORES, "ap50", spy)
-    monkeypatch.setattr(trainer_module, "ap50_score", spy)
+    monkeypatch.setitem(validation_module.SCORES, "ap50", spy)
+    monkeypatch.setattr(validation_module, "ap50_score", spy)
     trainer = Trainer(
         model_config=model,
         train_config=TrainConfig(iterations=200, tile_shape=(60, 60), batch_size=2, optimizer="adam", learning_rate=3e-3, validate_every=50, checkpoint_every=50, workers=0, seed=7, validation_metric="ap50"),
@@ -322,7 +322,7 @@ def test_skeleton_recall_weight_is_checked(value, error):
 def test_ap50_validation_measures_distance_seeds_with_the_run_spacing(tmp_path):
     from types import SimpleNamespace
 
-    import biounet.training.trainer as trainer_module
+    import biounet.training.validation as validation_module
 
     z, y, x = np.mgrid[0:16, 0:32, 0:32].astype(float)
     labels = np.zeros(z.shape, np.int32)
@@ -331,7 +331,7 @@ def test_ap50_validation_measures_distance_seeds_with_the_run_spacing(tmp_path):
     foreground = np.clip((labels > 0).astype(np.float32), 0.05, 0.95)
     probabilities = np.stack([1 - foreground, foreground])
     item = SimpleNamespace(labels=labels)
-    assert trainer_module.ap50_score(probabilities, item) == 0.5  # one slab in voxels
+    assert validation_module.ap50_score(probabilities, item) == 0.5  # one slab in voxels
     model = UNetConfig(ndim=3, depth=1, base_channels=2)
     trainer = Trainer(model_config=model, train_config=TrainConfig(validation_metric="ap50", spacing=(4.0, 1.0, 1.0)),
                       augment_config=None, train_images=[], val_images=[], run_dir=tmp_path, progress=False)
@@ -341,7 +341,7 @@ def test_ap50_validation_measures_distance_seeds_with_the_run_spacing(tmp_path):
 def test_closed_rand_validation_scores_the_map_with_its_gaps_closed(tmp_path):
     from types import SimpleNamespace
 
-    import biounet.training.trainer as trainer_module
+    import biounet.training.validation as validation_module
     from biounet.boundaries import close_boundaries
     from biounet.metrics.isbi import rand_error
 
@@ -356,12 +356,12 @@ def test_closed_rand_validation_scores_the_map_with_its_gaps_closed(tmp_path):
     foreground[8:11, 14:17] = 0.3
     probabilities = np.stack([1 - foreground, foreground])
     item = SimpleNamespace(labels=labels)
-    raw, closed = trainer_module.rand_score(probabilities, item), trainer_module.closed_rand_score(probabilities, item)
+    raw, closed = validation_module.rand_score(probabilities, item), validation_module.closed_rand_score(probabilities, item)
     assert closed == 1.0 - rand_error(labels, close_boundaries(foreground)).value
     assert raw < 0.95 and closed == 1.0
     trainer = Trainer(model_config=UNetConfig(), train_config=TrainConfig(validation_metric="closed_rand"),
                       augment_config=None, train_images=[], val_images=[], run_dir=tmp_path, progress=False)
-    assert trainer.score is trainer_module.closed_rand_score
+    assert trainer.score is validation_module.closed_rand_score
     for model in (UNetConfig(n_classes=3, boundary_class=True), UNetConfig(n_classes=3)):
         with pytest.raises(ValueError, match="closed_rand closes the membranes of a two-class"):
             Trainer(model_config=model, train_config=TrainConfig(validation_metric="closed_rand"),

@@ -8,14 +8,12 @@ A run folder holds everything: `config.json`, `metrics.csv`, `checkpoint.safeten
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import logging
-import math
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,86 +29,14 @@ from biounet.losses import skeleton_recall, target_skeletons, weighted_cross_ent
 from biounet.model.unet import UNet
 from biounet.training import distributed
 from biounet.training.checkpoint import load_checkpoint, restore, save_checkpoint
+from biounet.training.optim import build_optimizer, learning_rate_at
+from biounet.training.validation import ScoreFunction, score_function
 from biounet.weightfile import save_model
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS_FIELDS = ("step", "loss", "val_score", "seconds")
-
-# (probabilities (K, *spatial), training image) -> score, higher is better
-ScoreFunction = Callable[[np.ndarray, TrainingImage], float]
-
-
-def foreground_iou(probabilities: np.ndarray, item: TrainingImage) -> float:
-    """Jaccard index of predicted foreground (p > 0.5) against target foreground."""
-    predicted = probabilities[0] < 0.5
-    truth = item.target > 0
-    union = np.logical_or(predicted, truth).sum()
-    return 1.0 if union == 0 else float(np.logical_and(predicted, truth).sum() / union)
-
-
-def rand_score(probabilities: np.ndarray, item: TrainingImage) -> float:
-    """1 - ISBI 2012 Rand error (higher is better), for membrane segmentation."""
-    from biounet.metrics.isbi import rand_error
-
-    return 1.0 - rand_error(item.labels, 1.0 - probabilities[0]).value
-
-
-def closed_rand_score(probabilities: np.ndarray, item: TrainingImage) -> float:
-    """1 - ISBI 2012 Rand error of the map after `biounet.boundaries.close_boundaries`.
-
-    What `reproduce isbi2012` reports beside the raw map's error; picking the checkpoint
-    by it selects for the post-processed segmentation that is scored.
-    """
-    from biounet.boundaries import close_boundaries
-    from biounet.metrics.isbi import rand_error
-
-    foreground = (1.0 - probabilities[0]).astype(np.float32)
-    return 1.0 - rand_error(item.labels, close_boundaries(foreground)).value
-
-
-def ap50_score(
-    probabilities: np.ndarray,
-    item: TrainingImage,
-    *,
-    boundary_class: bool = False,
-    spacing: tuple[float, ...] | None = None,
-) -> float:
-    """Instance AP at IoU 0.5 after the default post-processing, for cells and nuclei.
-
-    With `boundary_class` (a background / interior / boundary network) the predicted
-    interiors seed the watershed (`biounet.postprocess.instances_from_probabilities`);
-    otherwise its distance seeds are measured with `spacing` (`TrainConfig.spacing`).
-    """
-    from biounet.metrics.matching import match_instances
-    from biounet.postprocess import PostprocessConfig, instances_from_probabilities
-
-    config = None if boundary_class or spacing is None else PostprocessConfig(spacing=spacing)
-    instances = instances_from_probabilities(
-        probabilities, boundary_class=boundary_class, config=config
-    )
-    return match_instances(item.labels, instances, thresholds=(0.5,))[0].average_precision
-
-
-SCORES: dict[str, ScoreFunction] = {
-    "foreground_iou": foreground_iou,
-    "rand": rand_score,
-    "closed_rand": closed_rand_score,
-    "ap50": ap50_score,
-}
-
-
-def _check_metric(metric: str, model_config: UNetConfig) -> None:
-    from biounet.boundaries import membrane_network_problem
-
-    problem = membrane_network_problem(model_config) if metric == "closed_rand" else None
-    if problem:
-        raise ValueError(
-            "validation_metric closed_rand closes the membranes of a two-class cell/membrane "
-            f"network; this model {problem} (use ap50 for its objects)"
-        )
-
 
 @dataclass
 class TrainResult:
@@ -120,35 +46,6 @@ class TrainResult:
     best_score: float | None
     interrupted: bool
     history: list[dict] = field(default_factory=list)
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with high momentum (paper: 0.99, so many past tiles steer each update) or Adam."""
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=config.learning_rate,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
-    return torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-
-
-def learning_rate_at(config: TrainConfig, step: int) -> float:
-    """Return the learning rate of the step that follows `step` completed steps.
-
-    Example:
-        >>> from biounet.config import TrainConfig
-        >>> cosine = TrainConfig(iterations=100, learning_rate=1.0, lr_schedule="cosine")
-        >>> learning_rate_at(cosine, 0), learning_rate_at(cosine, 50)
-        (1.0, 0.5)
-    """
-    if config.lr_schedule == "cosine":
-        progress = min(step / config.iterations, 1.0)
-        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.learning_rate
 
 
 class Trainer:
@@ -172,14 +69,7 @@ class Trainer:
         self.train_images = list(train_images)
         self.val_images = list(val_images)
         self.run_dir = Path(run_dir)
-        if score is None:
-            _check_metric(train_config.validation_metric, model_config)
-            score = SCORES[train_config.validation_metric]
-            if score is ap50_score and model_config.boundary_class:
-                score = functools.partial(ap50_score, boundary_class=True)
-            elif score is ap50_score and train_config.spacing is not None:
-                score = functools.partial(ap50_score, spacing=train_config.spacing)
-        self.score = score
+        self.score = score_function(model_config, train_config) if score is None else score
         self.progress = progress
         self._stop_requested = False
         self.history: list[dict] = []
