@@ -235,7 +235,7 @@ def two_touching_squares():
 
 def three_class_probabilities(labels):
     """Confident softmax output of a background / interior / boundary network."""
-    from biounet.weights import boundary_classes
+    from biounet.targets import boundary_classes
 
     classes = boundary_classes(labels)
     return np.stack([classes == k for k in range(3)]).astype(np.float32)

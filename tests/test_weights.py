@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
+from biounet.targets import boundary_classes
 from biounet.weights import (
     balanced_class_map,
     border_weight_map,
-    boundary_classes,
     class_weight_map,
     weight_map,
 )
@@ -304,7 +304,7 @@ def reference_touching_borders(labels):
 
 @pytest.mark.parametrize("shape", [(23, 31), (7, 9, 11)])
 def test_touching_borders_equal_the_pixel_loop(shape, rng):
-    from biounet.weights import touching_borders
+    from biounet.targets import touching_borders
 
     labels = rng.integers(0, 5, size=shape)  # many contacts, background, and edges
     np.testing.assert_array_equal(touching_borders(labels), reference_touching_borders(labels))

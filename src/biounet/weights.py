@@ -29,12 +29,10 @@ from collections.abc import Mapping, Sequence
 from numbers import Real
 
 import numpy as np
-from scipy import ndimage
+
+from biounet.cell_distances import two_nearest_distances
 
 _NEGLIGIBLE_BORDER_WEIGHT = 1e-6
-# Touching cells are separated by gaps of a few pixels, where d2 <= gap width; a
-# first pass with this small radius resolves them without the full cut-off radius.
-_FIRST_PASS_RADIUS_PX = 4.0
 
 ClassWeights = str | Mapping[int, float] | Sequence[float] | None
 
@@ -71,7 +69,7 @@ def weight_map(
         TypeError: if `labels` is not an integer array or a parameter has the wrong type.
         ValueError: for a bad shape, negative ids or an out-of-range parameter.
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     w0, sigma = _check_border_parameters(w0, sigma)
     spacing = _check_spacing(spacing, labels.ndim)
     weights = _class_weight_map(labels, _check_class_weights(class_weights))
@@ -102,34 +100,8 @@ def class_weight_map(labels: np.ndarray, *, class_weights: ClassWeights = "balan
         TypeError: if `labels` is not an integer array or `class_weights` has the wrong type.
         ValueError: for a bad shape, negative ids or bad `class_weights` values.
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     return _class_weight_map(labels, _check_class_weights(class_weights))
-
-
-def boundary_classes(labels: np.ndarray) -> np.ndarray:
-    """Return the three-class target of instance labels: 0 background, 1 interior, 2 boundary.
-
-    A boundary pixel is a cell pixel with a face neighbour (4 in 2-D, 6 in 3-D) of another
-    value, background or a different cell; the image edge is no boundary, since the cell
-    may go on beyond it. Two touching cells so get two boundary pixels between their
-    interiors, which is what lets interior seeds split them (`UNetConfig.boundary_class`).
-
-    Example:
-        >>> boundary_classes(np.array([[1, 1, 1, 2, 2, 0]]))
-        array([[1, 1, 2, 2, 2, 0]])
-
-    Raises:
-        TypeError: if `labels` is not an integer array.
-        ValueError: for a bad shape or negative ids.
-    """
-    labels = _check_labels(labels)
-    faces = ndimage.generate_binary_structure(labels.ndim, 1)
-    highest = ndimage.maximum_filter(labels, footprint=faces, mode="nearest")
-    lowest = ndimage.minimum_filter(labels, footprint=faces, mode="nearest")
-    is_cell = labels > 0
-    classes = is_cell.astype(np.int64)
-    classes[is_cell & ((highest != labels) | (lowest != labels))] = 2
-    return classes
 
 
 def balanced_class_map(classes: np.ndarray) -> np.ndarray:
@@ -150,36 +122,6 @@ def balanced_class_map(classes: np.ndarray) -> np.ndarray:
     weights = np.zeros(counts.shape, dtype=np.float64)
     weights[counts > 0] = classes.size / (n_present * counts[counts > 0])
     return weights[classes].astype(np.float32)
-
-
-def touching_borders(labels: np.ndarray, *, connectivity: int = 1) -> np.ndarray:
-    """Return the cell pixels that touch a different cell: the separation border.
-
-    Ronneberger et al. 2015, Sec. 3 and Fig. 3c: touching cells of one class are
-    separated by a background border, on which the border term of eq. 2 then lies.
-    Instance masks of touching cells (Cell Tracking Challenge, DSB 2018) have no such
-    gap, so the pixels on both sides of every contact are returned, a 2-px border.
-    Pixels next to background only are not, so isolated cells keep their outline.
-
-    Args:
-        labels: (*spatial) integer instance ids, 0 = background.
-        connectivity: neighbourhood of a contact, 1 = faces only (4 in 2-D, 6 in 3-D).
-
-    Returns:
-        (*spatial) bool mask.
-
-    Example:
-        >>> touching_borders(np.array([[1, 1, 2, 2, 0, 3]])).astype(int).tolist()
-        [[0, 1, 1, 0, 0, 0]]
-    """
-    labels = np.asarray(labels).astype(np.int64, copy=False)
-    footprint = ndimage.generate_binary_structure(labels.ndim, connectivity)
-    highest = ndimage.maximum_filter(labels, footprint=footprint, mode="nearest")
-    beyond = np.iinfo(np.int64).max  # background must never be the lowest neighbour
-    lowest = ndimage.minimum_filter(
-        np.where(labels > 0, labels, beyond), footprint=footprint, mode="nearest"
-    )
-    return (labels > 0) & ((highest != labels) | (lowest != labels))
 
 
 def border_weight_map(
@@ -212,7 +154,7 @@ def border_weight_map(
         TypeError: if `labels` is not an integer array or a parameter is not a number.
         ValueError: for a bad shape, negative ids, w0 < 0, sigma <= 0 or bad `spacing`.
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     w0, sigma = _check_border_parameters(w0, sigma)
     spacing = _check_spacing(spacing, labels.ndim)
     return _border_weight_map(labels, w0, sigma, spacing)
@@ -237,7 +179,7 @@ def _border_weight_map(
     cutoff = _cutoff_distance(w0, sigma)
     if cutoff == 0.0:
         return border
-    nearest, second = _two_nearest_distances(labels, cutoff, spacing)
+    nearest, second = two_nearest_distances(labels, cutoff, spacing)
     background = labels == 0
     total = nearest[background].astype(np.float64) + second[background]
     term = w0 * np.exp(-(total**2) / (2.0 * sigma**2))
@@ -253,83 +195,8 @@ def _cutoff_distance(w0: float, sigma: float) -> float:
     return sigma * math.sqrt(2.0 * math.log(w0 / _NEGLIGIBLE_BORDER_WEIGHT))
 
 
-def _two_nearest_distances(
-    labels: np.ndarray, cutoff: float, spacing: tuple[float, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (d1, d2), exact at background pixels with d1 + d2 <= cutoff.
-
-    Elsewhere the values are >= the exact ones, so the border term there stays below
-    its value at the cut-off. Each cell's distance is computed only in its bounding box
-    dilated by a radius r, which is exact for every pixel with d_i <= r (see _dilate).
-    A first pass with a small r finds d1 and d2 wherever the second cell is within r;
-    only the remaining background pixels that may still lie within the cut-off are
-    redone with r = cutoff, so touching cells cost little. The pixels with fewer than
-    two cells within reach keep d2 = inf.
-    """
-    labels, cells = _cell_boxes(labels)
-    if len(cells) < 2:
-        return np.full(labels.shape, np.inf), np.full(labels.shape, np.inf)
-    radius = min(cutoff, _FIRST_PASS_RADIUS_PX * max(spacing))
-    crops = [(cell, _dilate(box, radius, spacing, labels.shape)) for cell, box in cells]
-    nearest, second = _accumulate_two_smallest(labels, crops, spacing)
-
-    # With every d_i <= radius exact: d2 <= radius is exact, and otherwise
-    # d1 + d2 > min(d1, radius) + radius, which may still be within the cut-off.
-    unresolved = (labels == 0) & (second > radius) & (np.minimum(nearest, radius) + radius < cutoff)
-    if not unresolved.any():
-        return nearest, second
-    crops = [(cell, _dilate(box, cutoff, spacing, labels.shape)) for cell, box in cells]
-    # a cell is farther than the cut-off from every unresolved pixel outside its crop
-    crops = [(cell, crop) for cell, crop in crops if unresolved[crop].any()]
-    redone_nearest, redone_second = _accumulate_two_smallest(labels, crops, spacing)
-    nearest[unresolved] = redone_nearest[unresolved]
-    second[unresolved] = redone_second[unresolved]
-    return nearest, second
-
-
-def _accumulate_two_smallest(
-    labels: np.ndarray, crops: list[tuple[int, tuple[slice, ...]]], spacing: tuple[float, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    # float32 halves the memory of large volumes; its rounding moves the term by < 1e-6 * w0
-    nearest = np.full(labels.shape, np.inf, dtype=np.float32)
-    second = np.full(labels.shape, np.inf, dtype=np.float32)
-    for cell, crop in crops:
-        # Exact in the whole crop, because every crop contains all pixels of its cell.
-        distance = ndimage.distance_transform_edt(labels[crop] != cell, sampling=spacing)
-        nearest_view, second_view = nearest[crop], second[crop]
-        # a new smallest distance pushes the old smallest into second place
-        np.minimum(second_view, np.maximum(nearest_view, distance), out=second_view)
-        np.minimum(nearest_view, distance, out=nearest_view)
-    return nearest, second
-
-
-def _cell_boxes(labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, tuple[slice, ...]]]]:
-    """Return labels with ids find_objects can index, and (id, bounding box) per cell."""
-    if labels.max() > labels.size:  # sparse ids: find_objects would list every id up to max
-        ids, inverse = np.unique(labels, return_inverse=True)
-        labels = (inverse.reshape(labels.shape) + (ids[0] != 0)).astype(np.intp)
-    boxes = ndimage.find_objects(labels)
-    return labels, [(cell, box) for cell, box in enumerate(boxes, start=1) if box is not None]
-
-
-def _dilate(
-    box: tuple[slice, ...], radius: float, spacing: tuple[float, ...], shape: tuple[int, ...]
-) -> tuple[slice, ...]:
-    """Grow `box` so it holds every pixel within `radius` of it, cropped to `shape`.
-
-    A pixel outside the grown box differs from every pixel of the box by more than
-    ceil(radius / step) pixels along some axis, so its distance to the cell exceeds
-    `radius`: every pixel with d_i <= radius is inside. Cropping to the image removes
-    no pixel of the cell, so the distances computed in the crop are exact.
-    """
-    grown = []
-    for axis, step, size in zip(box, spacing, shape, strict=True):
-        margin = math.ceil(radius / step)
-        grown.append(slice(max(axis.start - margin, 0), min(axis.stop + margin, size)))
-    return tuple(grown)
-
-
-def _check_labels(labels: np.ndarray) -> np.ndarray:
+def check_labels(labels: np.ndarray) -> np.ndarray:
+    """Return `labels` as an array after checking it is a 2-D or 3-D map of ids >= 0."""
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(

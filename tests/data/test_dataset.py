@@ -118,7 +118,8 @@ def test_spacing_must_match_the_network():
 
 
 def test_boundary_class_target_and_weights(rng):
-    from biounet.weights import balanced_class_map, border_weight_map, boundary_classes
+    from biounet.targets import boundary_classes
+    from biounet.weights import balanced_class_map, border_weight_map
 
     labels = cells((60, 50), rng)
     image = rng.normal(0, 1, (1, 60, 50)).astype(np.float32)

@@ -19,13 +19,8 @@ from biounet.config import TrainConfig, UNetConfig
 from biounet.data.normalize import normalize_percentile, normalize_zscore
 from biounet.geometry import config_output_shape
 from biounet.inference.tiling import read_window
-from biounet.weights import (
-    balanced_class_map,
-    border_weight_map,
-    boundary_classes,
-    touching_borders,
-    weight_map,
-)
+from biounet.targets import boundary_classes, touching_borders
+from biounet.weights import balanced_class_map, border_weight_map, weight_map
 
 
 @dataclass(frozen=True, eq=False)
