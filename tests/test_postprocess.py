@@ -329,11 +329,11 @@ def test_spacing_splits_nuclei_stacked_in_z_that_voxel_distances_merge(sections_
 
 
 def test_spacing_distances_equal_scipy_sampling(rng):
-    from biounet.postprocess import _distance_seeds
+    from biounet.watershed import distance_seeds
 
     components = ndimage.label(ndimage.gaussian_filter(rng.random((10, 24, 24)), 2) > 0.5)[0]
     config = PostprocessConfig(spacing=(3.0, 1.0, 0.5), distance_sigma_px=0.0)
-    distance, _ = _distance_seeds(components, config)
+    distance, _ = distance_seeds(components, config)
     for label in range(1, components.max() + 1):
         alone = np.pad(components == label, 1)
         expected = ndimage.distance_transform_edt(alone, sampling=(3.0, 1.0, 0.5))[1:-1, 1:-1, 1:-1]
