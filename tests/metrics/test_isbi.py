@@ -5,16 +5,9 @@ import pytest
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error
 
-from biounet.metrics.isbi import (
-    ThresholdScan,
-    isbi_errors,
-    isbi_thresholds,
-    pixel_error,
-    rand_error,
-    v_info,
-    v_rand,
-    warping_error,
-)
+from biounet.metrics.isbi import isbi_errors, pixel_error, warping_error
+from biounet.metrics.isbi_rand import rand_error, v_info, v_rand
+from biounet.metrics.isbi_scan import ThresholdScan, isbi_thresholds
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 
