@@ -11,7 +11,7 @@ import zarr
 import biounet.inference.blockwise as blockwise
 from biounet.cli import main
 from biounet.data.normalize import normalize_percentile
-from biounet.inference import predict as predict_module
+from biounet.inference import memory as memory_module
 from biounet.inference.predict import predict_tiled
 
 TILE = ["--tile-shape", "124", "124"]  # depth 3: 36 x 36 output, tile step 32
@@ -213,11 +213,11 @@ def test_existing_targets_are_refused(model_file, image, tmp_path, capsys):
 def test_tiff_too_large_for_memory_points_to_zarr(model_file, tmp_path, capsys, monkeypatch):
     path = tmp_path / "huge.tif"
     tifffile.imwrite(path, np.zeros((64, 64), np.uint8))
-    monkeypatch.setattr(predict_module, "available_memory_bytes", lambda: 10**4)
+    monkeypatch.setattr(memory_module, "available_memory_bytes", lambda: 10**4)
     assert main(["predict", "--model", str(model_file), str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     error = capsys.readouterr().err
     assert re.search(r"IMAGE .*huge.tif \(64, 64\) needs about [\d.]+ GB .*--out huge.zarr", error), error
-    monkeypatch.setattr(predict_module, "available_memory_bytes", lambda: None)
+    monkeypatch.setattr(memory_module, "available_memory_bytes", lambda: None)
     assert main(["predict", "--model", str(model_file), str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
 
 

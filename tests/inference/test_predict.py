@@ -12,7 +12,8 @@ from biounet.geometry import (
     halo,
     valid_input_size,
 )
-from biounet.inference.predict import estimate_tile_bytes, predict_tiled
+from biounet.inference.memory import estimate_tile_bytes
+from biounet.inference.predict import predict_tiled
 from biounet.inference.tiling import make_tile_grid
 from biounet.model.unet import UNet
 

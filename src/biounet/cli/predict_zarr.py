@@ -37,7 +37,7 @@ def refuse_zarr_options(args: argparse.Namespace) -> None:
 def check_fits_in_memory(path: Path, config) -> None:
     """Refuse a TIFF too large for in-memory prediction from its header, before reading it.
 
-    Counts what `inference.predict.check_fits_in_memory` counts once the image is read
+    Counts what `inference.memory.check_fits_in_memory` counts once the image is read
     (raw pixels, their float32 copy, float32 probabilities), plus the foreground
     probability and uint8 mask written out; tile activations come on top.
 
@@ -45,11 +45,11 @@ def check_fits_in_memory(path: Path, config) -> None:
         ValueError: naming the bytes needed and the zarr output that avoids them.
     """
     from biounet.data.io import TIFF_SUFFIXES, read_tiff_shape
-    from biounet.inference import predict
+    from biounet.inference import memory
 
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return
-    available = predict.available_memory_bytes()
+    available = memory.available_memory_bytes()
     if available is None:
         return
     shape, dtype = read_tiff_shape(path, name="IMAGE")

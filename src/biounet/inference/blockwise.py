@@ -58,7 +58,8 @@ from biounet.inference.blockwise_target import (
 from biounet.inference.blockwise_task import _MODEL_CACHE as _MODEL_CACHE
 from biounet.inference.blockwise_task import _BlockJob, _ModelSpec, _Pass, _predict_block
 from biounet.inference.ensemble import check_ensemble
-from biounet.inference.predict import DEFAULT_MEMORY_BUDGET, estimate_tile_bytes, plan_tiles
+from biounet.inference.memory import DEFAULT_MEMORY_BUDGET, estimate_tile_bytes
+from biounet.inference.predict import plan_tiles
 from biounet.inference.tta import Symmetry, symmetries
 
 logger = logging.getLogger(__name__)

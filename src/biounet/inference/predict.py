@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -13,36 +12,22 @@ import torch
 from torch import nn
 
 from biounet.config import UNetConfig
+from biounet.inference.memory import (
+    DEFAULT_MEMORY_BUDGET,
+    check_fits_in_memory,
+    estimate_tile_bytes,
+    too_large_message,
+)
 from biounet.inference.tiling import (
     Tile,
     TileGrid,
     choose_tile_shape,
-    format_bytes,
     make_tile_grid,
     read_window,
     whole_image_grid,
 )
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for network activations
-# Peak memory growth per input pixel of one inference pass is about
-# 20.5 * base_channels + 80 bytes (measured: 1.85 GB for a 1212x1212 tile of the default
-# network, 0.57 GB with 16 base channels); 3-D voxels are assumed to cost the same.
-_BYTES_PER_PIXEL_CHANNEL = 20.5
-_BYTES_PER_PIXEL = 80.0
-
-
-def estimate_tile_bytes(config: UNetConfig, tile_shape: Sequence[int]) -> int:
-    """Estimate the peak activation memory of one forward pass over `tile_shape`.
-
-    Example:
-        >>> round(estimate_tile_bytes(UNetConfig(), (572, 572)) / 2**20)
-        442
-    """
-    per_pixel = _BYTES_PER_PIXEL_CHANNEL * config.base_channels + _BYTES_PER_PIXEL
-    per_pixel += 8.0 * (config.in_channels + config.n_classes)
-    return int(per_pixel * math.prod(tile_shape))
 
 
 def plan_tiles(
@@ -120,89 +105,6 @@ def _finite_float32(array: np.ndarray, *, name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinite pixels")
     return array
-
-
-def check_fits_in_memory(array: np.ndarray, config: UNetConfig, *, name: str = "image") -> None:
-    """Refuse an image whose in-memory prediction needs more memory than is available.
-
-    Counted are the float32 probabilities of every class, the float32 copy of a
-    non-float32 image and the mask of the finiteness check; the tiles' activations
-    come on top (`memory_budget`). Available is what the system has free (Linux
-    MemAvailable), capped by a container's memory limit and the process's address
-    space limit (ulimit -v); where none of these can be read, nothing is refused.
-
-    Raises:
-        ValueError: giving the bytes needed and pointing to block-wise prediction.
-    """
-    n_pixels = math.prod(array.shape[1:])
-    needed = 4 * config.n_classes * n_pixels + array.size
-    if array.dtype != np.float32:
-        needed += 4 * array.size
-    available = available_memory_bytes()
-    if available is not None and needed > available:
-        raise ValueError(_too_large_message(array.shape, needed, available, name=name))
-
-
-def _too_large_message(shape, needed: int, available: int | None, *, name: str) -> str:
-    free = "" if available is None else f", more than the {format_bytes(available)} available"
-    return (
-        f"{name} of shape {tuple(shape)} needs about {format_bytes(needed)} for in-memory "
-        f"prediction{free}; predict it block by block with "
-        "biounet.inference.blockwise.predict_blockwise (command line: biounet predict with "
-        "--out NAME.zarr)"
-    )
-
-
-def available_memory_bytes() -> int | None:
-    """Return about how many bytes this process can still allocate, or None if unknown.
-
-    The least of: Linux MemAvailable (else the free physical pages), the headroom
-    under a cgroup v2 memory limit (containers) and under RLIMIT_AS.
-    """
-    limits = [_meminfo_available(), _cgroup_headroom(), _address_space_headroom()]
-    known = [limit for limit in limits if limit is not None]
-    return min(known) if known else None
-
-
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _cgroup_headroom() -> int | None:
-    try:
-        with open("/sys/fs/cgroup/memory.max") as handle:
-            limit = handle.read().strip()
-        with open("/sys/fs/cgroup/memory.current") as handle:
-            current = int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
-    return None if limit == "max" else max(int(limit) - current, 0)
-
-
-def _address_space_headroom() -> int | None:
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        if soft == resource.RLIM_INFINITY:
-            return None
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmSize:"):
-                    return max(soft - int(line.split()[1]) * 1024, 0)
-    except (ImportError, OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 @contextlib.contextmanager
@@ -312,7 +214,7 @@ def predict_tiled(
         output = np.empty((config.n_classes, *spatial_shape), dtype=np.float32)
     except MemoryError:  # the estimate said it fits, the allocator disagrees
         needed = 4 * config.n_classes * math.prod(spatial_shape)
-        raise ValueError(_too_large_message(array.shape, needed, None, name="image")) from None
+        raise ValueError(too_large_message(array.shape, needed, None, name="image")) from None
     tiles = list(grid)
     bar = _progress_bar(len(tiles), enabled=progress)
     with inference_mode(model, channels_last=channels_last):
