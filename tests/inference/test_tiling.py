@@ -13,15 +13,8 @@ from biounet.geometry import (
     halo,
     output_shape,
 )
-from biounet.inference.tiling import (
-    choose_tile_shape,
-    covering_tile_size,
-    make_tile_grid,
-    mirror_indices,
-    read_window,
-    smallest_tile_size,
-    whole_image_grid,
-)
+from biounet.inference.tile_shape import choose_tile_shape, covering_tile_size, whole_image_grid
+from biounet.inference.tiling import make_tile_grid, mirror_indices, read_window, smallest_tile_size
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 20])

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from biounet.config import UNetConfig
-from biounet.inference.tiling import format_bytes
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for network activations
 # Peak memory growth per input pixel of one inference pass is about
@@ -112,3 +111,16 @@ def _address_space_headroom() -> int | None:
     except (ImportError, OSError, ValueError, IndexError):
         pass
     return None
+
+
+def format_bytes(n_bytes: float) -> str:
+    """Return a byte count for messages, in bytes, kB, MB, GB or TB (powers of 1000).
+
+    Example:
+        >>> format_bytes(512), format_bytes(353_408), format_bytes(9e10)
+        ('512 bytes', '353.4 kB', '90.0 GB')
+    """
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"

@@ -18,14 +18,8 @@ from biounet.inference.memory import (
     estimate_tile_bytes,
     too_large_message,
 )
-from biounet.inference.tiling import (
-    Tile,
-    TileGrid,
-    choose_tile_shape,
-    make_tile_grid,
-    read_window,
-    whole_image_grid,
-)
+from biounet.inference.tile_shape import choose_tile_shape, whole_image_grid
+from biounet.inference.tiling import Tile, TileGrid, make_tile_grid, read_window
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Overlap-tile grid (Ronneberger et al. 2015, Fig. 2): output tiles, input windows, mirroring.
 
-Pure arithmetic on shapes plus mirror-extrapolated window reads; no torch.
+Pure arithmetic on shapes plus mirror-extrapolated window reads; no torch. Which tile
+sizes to use (covering, cheapest within a budget) is `biounet.inference.tile_shape`.
 
 Each tile's output region starts at a multiple of `step`, and `step` is a multiple
 of 2**depth, so every tile's input window sits on the pooling grid of one virtual
@@ -232,7 +233,7 @@ def make_tile_grid(
     )
 
 
-def _axis_pooling(config: UNetConfig, axis: int) -> tuple[int, ...]:
+def axis_pooling(config: UNetConfig, axis: int) -> tuple[int, ...]:
     # axis counts from the front like array axes; -1 is X, pooled at every level
     per_axis = pooling_per_axis(config)
     if not -len(per_axis) <= axis < len(per_axis):
@@ -252,7 +253,7 @@ def smallest_tile_size(config: UNetConfig, *, axis: int = -1) -> int:
         >>> smallest_tile_size(UNetConfig(ndim=3, depth=2, pool_z=(False, True)), axis=0)
         26
     """
-    pooling = _axis_pooling(config, axis)
+    pooling = axis_pooling(config, axis)
     margin = network_halo(depth=config.depth, pooling=pooling)
     size = max(
         min_input_size(depth=config.depth, padding=config.padding, pooling=pooling),
@@ -261,106 +262,3 @@ def smallest_tile_size(config: UNetConfig, *, axis: int = -1) -> int:
     return nearest_valid_sizes(
         size, depth=config.depth, padding=config.padding, pooling=pooling
     )[1]
-
-
-def covering_tile_size(config: UNetConfig, size: int, count: int, *, axis: int = -1) -> int:
-    """Return the smallest valid tile size with which `count` tiles cover `axis` of `size`.
-
-    Example:
-        >>> covering_tile_size(UNetConfig(), 2048, 2)
-        1212
-        >>> covering_tile_size(UNetConfig(), 100, 1)
-        284
-    """
-    pooling = _axis_pooling(config, axis)
-    margin = network_halo(depth=config.depth, pooling=pooling)
-    grid_step = math.prod(pooling)
-    tile = smallest_tile_size(config, axis=axis)
-    while True:
-        used = tile - 2 * margin
-        step = used // grid_step * grid_step
-        if (count - 1) * step + used >= size:
-            return tile
-        tile += grid_step  # consecutive valid sizes differ by the grid step
-
-
-def whole_image_grid(config: UNetConfig, image_shape: Sequence[int]) -> TileGrid:
-    """Return a one-tile grid: a single pass over the mirror-extended image."""
-    axes = _axes(config, image_shape)
-    tile_shape = tuple(
-        covering_tile_size(config, size, 1, axis=axis) for axis, size in zip(axes, image_shape)
-    )
-    return make_tile_grid(config, image_shape, tile_shape)
-
-
-def _axes(config: UNetConfig, image_shape: Sequence[int]) -> range:
-    # anisotropic networks need (Z, Y, X); isotropic ones accept any axis count
-    pooling_per_axis(config, len(image_shape))
-    return range(-len(image_shape), 0)
-
-
-def choose_tile_shape(
-    config: UNetConfig,
-    image_shape: Sequence[int],
-    *,
-    max_tile_pixels: int,
-    bytes_per_pixel: float | None = None,
-) -> tuple[int, ...]:
-    """Choose the tile shape that computes the fewest input pixels within a size limit.
-
-    For every number of tiles per axis, the smallest covering tile is found; among
-    the combinations whose tile has at most `max_tile_pixels` pixels (voxels), the
-    one with the least total input area wins (ties: fewer tiles). Larger tiles waste
-    less on halos: for the default network on 2048x2048, 572-tiles cost 2.6 MFLOP
-    per output pixel against 1.56 for one whole pass.
-
-    Raises:
-        ValueError: if even the smallest tile exceeds `max_tile_pixels`; with
-            `bytes_per_pixel` (the memory estimate behind the limit) the message says
-            how many bytes that tile needs, i.e. the least budget that would do.
-    """
-    options_per_axis = []
-    for axis, size in zip(_axes(config, image_shape), image_shape):
-        options, count = [], 1
-        while True:
-            tile = covering_tile_size(config, size, count, axis=axis)
-            options.append((count, tile))
-            if tile == smallest_tile_size(config, axis=axis):
-                break
-            count += 1
-        options_per_axis.append(options)
-    best: tuple[int, int, tuple[int, ...]] | None = None
-    for combination in itertools.product(*options_per_axis):
-        tile_shape = tuple(tile for _, tile in combination)
-        if math.prod(tile_shape) > max_tile_pixels:
-            continue
-        n_tiles = math.prod(count for count, _ in combination)
-        key = (n_tiles * math.prod(tile_shape), n_tiles, tile_shape)
-        if best is None or key < best:
-            best = key
-    if best is None:
-        smallest = tuple(
-            smallest_tile_size(config, axis=axis) for axis in _axes(config, image_shape)
-        )
-        advice = "raise the memory budget"
-        if bytes_per_pixel is not None:
-            needed = format_bytes(math.prod(smallest) * bytes_per_pixel)
-            advice = f"it needs about {needed}: raise the memory budget to at least that"
-        raise ValueError(
-            f"memory budget allows tiles of at most {max_tile_pixels} pixels, but the "
-            f"smallest tile {smallest} has {math.prod(smallest)}; {advice}"
-        )
-    return best[2]
-
-
-def format_bytes(n_bytes: float) -> str:
-    """Return a byte count for messages, in bytes, kB, MB, GB or TB (powers of 1000).
-
-    Example:
-        >>> format_bytes(512), format_bytes(353_408), format_bytes(9e10)
-        ('512 bytes', '353.4 kB', '90.0 GB')
-    """
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= size:
-            return f"{n_bytes / size:.1f} {unit}"
-    return f"{int(n_bytes)} bytes"
