@@ -27,7 +27,8 @@ THREADS = 2
 
 def run() -> list[dict]:
     from biounet import UNet, UNetConfig, predict_tiled
-    from biounet.export.onnx import OnnxRuntimeBackend, export_onnx
+    from biounet.export.onnx import export_onnx
+    from biounet.export.onnx_runtime import OnnxRuntimeBackend
     from biounet.geometry import output_shape
 
     torch.set_num_threads(THREADS)

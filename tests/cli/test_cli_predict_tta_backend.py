@@ -93,7 +93,7 @@ def test_onnxruntime_refuses_options_before_the_export(
 ):
     # a two-class weight file has no interior class: refused without the 15-40 s export
     pytest.importorskip("onnxruntime")
-    import biounet.export.onnx as onnx_module
+    import biounet.export.onnx_runtime as onnx_module
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported a model the options refuse")

@@ -17,12 +17,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from biounet.export.onnx import (  # noqa: E402
-    OnnxRuntimeBackend,
-    export_onnx,
-    load_onnx_backend,
-    require,
-)
+from biounet.export.onnx import export_onnx, require  # noqa: E402
+from biounet.export.onnx_runtime import OnnxRuntimeBackend, load_onnx_backend  # noqa: E402
 
 
 def make_unet(**options):

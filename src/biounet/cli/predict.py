@@ -250,7 +250,7 @@ def _load_network(model_path: str, *, backend: str, check):
     is one, so a model the options refuse costs no export.
     """
     if backend == "onnxruntime":
-        from biounet.export.onnx import load_onnx_backend
+        from biounet.export.onnx_runtime import load_onnx_backend
 
         if Path(model_path).suffix.lower() != ".onnx":
             return load_onnx_backend(model_path, check=check)
