@@ -14,8 +14,9 @@ from biounet.config import UNetConfig
 from biounet.data.normalize import normalize_percentile, normalize_zscore
 from biounet.inference.blockwise import RECORD_KEY, predict_blockwise
 from biounet.inference.blockwise_executors import _make_executor
-from biounet.inference.blockwise_normalization import _make_normalizer, _order_keys
+from biounet.inference.blockwise_normalization import _make_normalizer
 from biounet.inference.blockwise_source import _open_source
+from biounet.inference.order_keys import order_keys
 from biounet.inference.predict import predict_tiled
 from biounet.model.unet import UNet
 
@@ -256,7 +257,7 @@ DTYPES = [bool, np.uint8, np.int8, np.uint16, np.int16, np.float16, np.uint32, n
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_order_keys_sort_as_the_values_do(dtype, rng):
     values = _values_of(dtype, rng, 5000)
-    by_key = values[np.argsort(_order_keys(values), kind="stable")]
+    by_key = values[np.argsort(order_keys(values), kind="stable")]
     np.testing.assert_array_equal(by_key, np.sort(values, kind="stable"))
 
 

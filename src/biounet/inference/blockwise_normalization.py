@@ -27,6 +27,7 @@ from biounet.data.normalize import (
     working_dtype,
 )
 from biounet.inference.blockwise_source import _SourceReference
+from biounet.inference.order_keys import key_dtype, key_value, lerp, order_keys
 
 NORMALIZATIONS = ("percentile", "zscore")
 _PERCENTILES = (1.0, 99.8)  # as data.normalize.normalize_percentile and the predict CLI
@@ -194,7 +195,7 @@ def _percentiles(opened, regions, executor, percentiles) -> list[list[float]]:
     ranks = sorted({rank for pair in neighbours for rank in pair})
     copy = working_dtype(opened.array.dtype)
     return [
-        [_lerp(values[low], values[high], p, copy) for (low, high), p in zip(neighbours, positions)]
+        [lerp(values[low], values[high], p, copy) for (low, high), p in zip(neighbours, positions)]
         for values in _order_statistics(opened, regions, executor, n_channels, ranks)
     ]
 
@@ -207,7 +208,7 @@ def _order_statistics(opened, regions, executor, n_channels: int, ranks: list[in
     to float64) is applied after the selection, which it cannot reorder.
     """
     dtype = np.dtype(opened.array.dtype)
-    width = 8 * _key_dtype(dtype).itemsize
+    width = 8 * key_dtype(dtype).itemsize
     digit = min(width, _DIGIT_BITS)
     # per channel and rank: [key prefix found so far, rank among the keys sharing it]
     state = [{rank: [0, rank] for rank in ranks} for _ in range(n_channels)]
@@ -225,7 +226,7 @@ def _order_statistics(opened, regions, executor, n_channels: int, ranks: list[in
     copy_dtype = working_dtype(dtype)
     return [
         {
-            rank: float(_key_value(key, dtype).astype(copy_dtype))
+            rank: float(key_value(key, dtype).astype(copy_dtype))
             for rank, (key, _) in entries.items()
         }
         for entries in state
@@ -236,7 +237,7 @@ def _region_digit_histograms(
     source: _SourceReference, region, shift: int, digit: int, prefixes: tuple
 ) -> np.ndarray:
     """(channels, prefixes, 2**digit) counts of key bits [shift, shift + digit) by prefix."""
-    keys = _order_keys(_region_values(source, region))
+    keys = order_keys(_region_values(source, region))
     width = 8 * keys.dtype.itemsize
     n_prefixes = max(map(len, prefixes))
     counts = np.zeros((keys.shape[0], n_prefixes, 2**digit), dtype=np.int64)
@@ -250,62 +251,6 @@ def _region_digit_histograms(
         for p, prefix in enumerate(channel_prefixes):
             counts[c, p] = np.bincount(digits[high == prefix].astype(np.intp), minlength=2**digit)
     return counts
-
-
-def _key_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.uint8) if dtype.kind == "b" else np.dtype(f"u{dtype.itemsize}")
-
-
-def _order_keys(values: np.ndarray) -> np.ndarray:
-    """Unsigned integers of the same width that sort as `values` do.
-
-    Example:
-        >>> values = np.array([-2.5, -0.0, 0.0, 1e-30, 3.0], dtype=np.float32)
-        >>> bool(np.all(np.diff(_order_keys(values).astype(np.int64)) > 0))
-        True
-    """
-    key = _key_dtype(values.dtype)
-    bits = np.ascontiguousarray(values).view(key)
-    if values.dtype.kind in "bu":
-        return bits
-    sign = key.type(1 << (8 * key.itemsize - 1))
-    if values.dtype.kind == "i":
-        return bits ^ sign
-    # IEEE floats: negative values sort in reverse, so all their bits flip
-    return np.where(bits & sign, ~bits, bits | sign)
-
-
-def _key_value(key: int, dtype: np.dtype) -> np.ndarray:
-    """The value of `dtype` whose `_order_keys` key is `key` (a 0-d array)."""
-    kind = _key_dtype(dtype)
-    bits = np.array(key, dtype=kind)
-    if dtype.kind == "b":
-        return bits.astype(bool)
-    if dtype.kind == "u":
-        return bits
-    sign = kind.type(1 << (8 * kind.itemsize - 1))
-    if dtype.kind == "i":
-        return (bits ^ sign).view(dtype)
-    return (bits ^ sign if bits & sign else ~bits).view(dtype)
-
-
-def _lerp(lower: float, upper: float, position: float, dtype: type) -> float:
-    """np.percentile's interpolation between neighbouring order statistics of `dtype`.
-
-    As numpy's `_lerp`: the difference is taken in the array's dtype (float32 rounds it),
-    the rest in float64, from the lower value below the midpoint and the upper one above.
-
-    Example:
-        >>> values = np.array([34.558418, 821.61816, 0.00033043706], np.float32)
-        >>> low, high = (float(value) for value in np.sort(values)[:2])
-        >>> bool(_lerp(low, high, 1 / 100 * 2, np.float32) == np.percentile(values, [1.0])[0])
-        True
-    """
-    fraction = position - math.floor(position)
-    difference = float(dtype(upper) - dtype(lower))
-    if fraction >= 0.5:
-        return float(upper - difference * (1 - fraction))
-    return float(lower + difference * fraction)
 
 
 @dataclasses.dataclass(frozen=True)
