@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from biounet import reproduce
+from biounet import protocols, reproduce
 from biounet.cli import main
 from biounet.training import presets
 
@@ -27,7 +27,7 @@ def tiny_preset(monkeypatch):
 
 @pytest.mark.data
 def test_isbi_split_keeps_evaluation_slices_apart(data_root):
-    split = reproduce.isbi2012_split(data_root / "isbi2012")
+    split = protocols.isbi2012_split(data_root / "isbi2012")
     names = lambda samples: [sample.name for sample in samples]  # noqa: E731
     assert names(split.train) == [f"{i:02d}" for i in range(18)]
     assert names(split.val) == ["18", "19"]
@@ -36,7 +36,7 @@ def test_isbi_split_keeps_evaluation_slices_apart(data_root):
 
 @pytest.mark.data
 def test_dsb_split_follows_ids_file(data_root):
-    split = reproduce.dsb2018_split(data_root / "dsb2018")
+    split = protocols.dsb2018_split(data_root / "dsb2018")
     ids = [line.split("/")[-1] for line in (data_root / "dsb2018" / "ids.txt").read_text().split()]
     assert [s.name for s in split.train] + [s.name for s in split.val] == ids[:126]
     assert [s.name for s in split.test] == ids[126:]
@@ -44,8 +44,8 @@ def test_dsb_split_follows_ids_file(data_root):
 
 @pytest.mark.data
 def test_isbi_reproduction_runs_on_a_tiny_budget(data_root, tmp_path, tiny_preset, capsys):
-    split = reproduce.isbi2012_split(data_root / "isbi2012")
-    split = reproduce.Split(train=split.train[:2], val=split.val[:1], test=split.test[:2])
+    split = protocols.isbi2012_split(data_root / "isbi2012")
+    split = protocols.Split(train=split.train[:2], val=split.val[:1], test=split.test[:2])
     results = reproduce.run_experiment("isbi2012", split, tmp_path, iterations=2, progress=False)
     assert results["iterations"] == 2 and results["n_test"] == 2
     for key in ("pixel_error", "rand_error", "warping_error"):
@@ -62,8 +62,8 @@ def test_reproduction_scores_the_flip_rotation_average(data_root, tmp_path, tiny
     from biounet.inference.tta import predict_tta
     from biounet.weightfile import load_model
 
-    split = reproduce.isbi2012_split(data_root / "isbi2012")
-    split = reproduce.Split(train=split.train[:1], val=split.val[:1], test=split.test[:1])
+    split = protocols.isbi2012_split(data_root / "isbi2012")
+    split = protocols.Split(train=split.train[:1], val=split.val[:1], test=split.test[:1])
     averaged = reproduce.run_experiment("isbi2012", split, tmp_path, iterations=4, progress=False)
     once = reproduce.run_experiment(
         "isbi2012", split, tmp_path, iterations=4, progress=False, tta=False
@@ -148,7 +148,7 @@ def test_boundary_class_run_scores_instances_seeded_by_the_interior(tmp_path, rn
     from biounet.weightfile import load_model
 
     write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
-    split = reproduce.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
+    split = protocols.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
     overrides = {"model": {"n_classes": 3, "boundary_class": True}}
     results = reproduce.run_experiment(
         "ctc", split, tmp_path / "run", iterations=4, progress=False, tta=False,
@@ -174,7 +174,7 @@ def test_post_processing_is_chosen_on_validation_and_recorded_beside_the_default
     from biounet.weightfile import load_model
 
     write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
-    split = reproduce.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
+    split = protocols.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
     results = reproduce.run_experiment("ctc", split, tmp_path / "run", iterations=4, progress=False, tta=False)
     model = load_model(tmp_path / "run" / "train" / "best.safetensors")
 
@@ -199,8 +199,8 @@ def test_post_processing_is_chosen_on_validation_and_recorded_beside_the_default
 def test_dsb_protocol_shows_nuclei_bright_unless_the_config_says_otherwise(data_root, tmp_path, tiny_preset, caplog):
     from biounet.weightfile import stored_preprocessing
 
-    split = reproduce.dsb2018_split(data_root / "dsb2018")
-    split = reproduce.Split(train=split.train[:2], val=split.val[:1], test=split.test[:1])
+    split = protocols.dsb2018_split(data_root / "dsb2018")
+    split = protocols.Split(train=split.train[:2], val=split.val[:1], test=split.test[:1])
     results = reproduce.run_experiment("dsb2018", split, tmp_path / "a", iterations=2, progress=False, tta=False)
     assert results["config"]["train"]["polarity"] == "bright_objects"
     assert stored_preprocessing(tmp_path / "a" / "train" / "best.safetensors")["polarity"] == "bright_objects"
@@ -218,7 +218,7 @@ def test_the_choice_on_validation_does_not_change_the_score(tmp_path, rng, tiny_
     from biounet.postprocess import PostprocessConfig
 
     write_ctc(tmp_path / "data" / "PhC-C2DH-U373", rng)
-    split = reproduce.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
+    split = protocols.ctc_split(tmp_path / "data", "PhC-C2DH-U373")
     strict = PostprocessConfig(threshold=0.999)  # keeps next to nothing: SEG falls
     monkeypatch.setattr(evaluation, "select_postprocess", lambda pairs, metric: (strict, [{"threshold": 0.999}]))
     results = reproduce.run_experiment("ctc", split, tmp_path / "run", iterations=2, progress=False, tta=False)
@@ -228,11 +228,52 @@ def test_the_choice_on_validation_does_not_change_the_score(tmp_path, rng, tiny_
 
 
 def test_each_protocol_trains_as_long_as_the_readme_figures_unless_told():
-    cpu = reproduce.CPU_ITERATIONS
-    assert reproduce.protocol_iterations("dsb2018", "cpu", None, None) == cpu["dsb2018"]
-    assert reproduce.protocol_iterations("isbi2012", "cpu", None, {"train": {"seed": 1}}) == cpu["isbi2012"]
-    assert reproduce.protocol_iterations("dsb2018", "cpu", 5, None) == 5
+    cpu = protocols.CPU_ITERATIONS
+    assert protocols.protocol_iterations("dsb2018", "cpu", None, None) == cpu["dsb2018"]
+    assert protocols.protocol_iterations("isbi2012", "cpu", None, {"train": {"seed": 1}}) == cpu["isbi2012"]
+    assert protocols.protocol_iterations("dsb2018", "cpu", 5, None) == 5
     # a --config that names its iterations, the paper preset and ctc keep their own
-    assert reproduce.protocol_iterations("dsb2018", "cpu", None, {"train": {"iterations": 9}}) is None
-    assert reproduce.protocol_iterations("dsb2018", "paper", None, None) is None
-    assert reproduce.protocol_iterations("ctc", "cpu", None, None) is None
+    assert protocols.protocol_iterations("dsb2018", "cpu", None, {"train": {"iterations": 9}}) is None
+    assert protocols.protocol_iterations("dsb2018", "paper", None, None) is None
+    assert protocols.protocol_iterations("ctc", "cpu", None, None) is None
+
+
+@pytest.mark.data
+def test_dsb_protocol_scores_the_mean_of_its_two_networks(data_root, tmp_path, tiny_preset, capsys):
+    from biounet.evaluation import evaluate
+    from biounet.inference.predict import predict_tiled
+    from biounet.weightfile import load_model
+
+    split = protocols.dsb2018_split(data_root / "dsb2018")
+    split = protocols.Split(train=split.train[:2], val=split.val[:1], test=split.test[:2])
+    results = reproduce.run_experiment("dsb2018", split, tmp_path / "run", iterations=2, progress=False, tta=False,
+                                       two_networks=True)
+    members = results["members"]
+    assert list(members) == ["train", "train_unweighted"]
+    assert [member["class_weights"] for member in members.values()] == ["balanced", None]
+    saved = json.loads((tmp_path / "run" / "train_unweighted" / "config.json").read_text())
+    assert saved["train"]["class_weights"] is None and saved["train"]["w0"] == 10.0
+    # the score is that of the two best models' mean map, predicted the obvious way
+    models = [load_model(tmp_path / "run" / name / "best.safetensors") for name in members]
+    config = protocols.protocol_config("dsb2018", "cpu", 2, None)
+    test = reproduce._images(split.test, config)
+    pairs = []
+    for item in test:
+        maps = [predict_tiled(model, item.image)[1] for model in models]
+        pairs.append((item.name, item.labels, (maps[0] + maps[1]) / 2))
+    expected = evaluate(pairs, metrics="ctc,instance").overall
+    assert results["overall"]["ap_50"] == pytest.approx(expected["ap_50"])
+    assert results["overall"]["seg"] == pytest.approx(expected["seg"], abs=1e-6)
+    alone = evaluate([(n, t, predict_tiled(models[1], item.image)[1]) for (n, t, _), item in zip(pairs, test)],
+                     metrics="ctc,instance").overall
+    assert members["train_unweighted"]["overall"]["seg"] == pytest.approx(alone["seg"], abs=1e-6)
+    assert "network train_unweighted alone (class_weights None)" in reproduce.format_results(results)
+    # one network by default; --two-networks trains both from the command line
+    assert main(["reproduce", "dsb2018", "--data", str(data_root / "dsb2018"), "--out", str(tmp_path / "one"),
+                 "--iterations", "1", "--quiet", "--no-tta"]) == 0
+    assert not (tmp_path / "one" / "train_unweighted").exists()
+    assert "members" not in json.loads((tmp_path / "one" / "results.json").read_text())
+    assert main(["reproduce", "dsb2018", "--data", str(data_root / "dsb2018"), "--out", str(tmp_path / "two"),
+                 "--iterations", "1", "--two-networks", "--quiet", "--no-tta"]) == 0
+    assert (tmp_path / "two" / "train_unweighted" / "best.safetensors").is_file()
+    capsys.readouterr()

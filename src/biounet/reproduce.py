@@ -7,7 +7,9 @@ Protocols (data sets are never mixed across the split):
             not identical), on the network's map as the paper did and again after
             `biounet.boundaries.close_boundaries` (results["closed_boundaries"]).
   dsb2018   train the first 126 ids of ids.txt (the last 10 of them for selection by
-            AP@0.5), evaluate the last 40: AP@0.5, DSB 2018 score, SEG.
+            AP@0.5), evaluate the last 40: AP@0.5, DSB 2018 score, SEG; optionally
+            two networks, with and without eq. 2's class balance, whose mean map is
+            scored (`biounet.protocols.PROTOCOL_MEMBERS`).
   ctc       Table 2 protocol on a Cell Tracking Challenge training folder: train on the
             annotated frames of sequence 01, evaluate SEG and IoU on those of 02.
 """
@@ -17,109 +19,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from biounet.protocols import protocol_config, protocol_members
+
+if TYPE_CHECKING:
+    from biounet.protocols import Split
+    from biounet.training.presets import RunConfig
+
+logger = logging.getLogger(__name__)
+
 PAPER_TABLE_1 = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
 PAPER_TABLE_2 = {"PhC-C2DH-U373": 0.9203, "DIC-C2DH-HeLa": 0.7756}
-EXPERIMENTS = ("isbi2012", "dsb2018", "ctc")
-# With the cpu preset, each protocol trains as long as the README's figures did (the
-# preset's own 1500 iterations suit the demo, not these data): ISBI 2012 within its
-# 60-minute budget; DSB 2018 scored alike with 7000 (0.790 and 0.750 AP@0.5 on seeds 2
-# and 0) in 2.3 times the time.
-CPU_ITERATIONS = {"isbi2012": 3000, "dsb2018": 3000}
-
-
-@dataclass(frozen=True)
-class Split:
-    """Sample lists of one experiment."""
-
-    train: list
-    val: list
-    test: list
-
-
-def isbi2012_split(root: str | Path) -> Split:
-    """Slices 00-17 train, 18-19 validate, 20-29 evaluate, from `root` or `root/train`."""
-    from biounet.data.layouts import open_dataset
-
-    root = Path(root)
-    folder = root / "train" if (root / "train" / "labels").is_dir() else root
-    samples = open_dataset(folder, layout="pairs")
-    expected = [f"{index:02d}" for index in range(30)]
-    if list(samples.names) != expected:
-        raise ValueError(
-            f"--data {folder} must hold ISBI 2012 slices 00-29 as images/NN.png and "
-            f"labels/NN.png; found {len(samples)} samples"
-        )
-    return Split(
-        train=[samples[name] for name in expected[:18]],
-        val=[samples[name] for name in expected[18:20]],
-        test=[samples[name] for name in expected[20:]],
-    )
-
-
-def dsb2018_split(root: str | Path) -> Split:
-    """First 126 ids of ids.txt train (last 10 of them validate), the last 40 evaluate."""
-    from biounet.data.layouts import open_dataset
-
-    root = Path(root)
-    samples = open_dataset(root, layout="dsb")
-    ids_file = root / "ids.txt"
-    # ids.txt names images as stage1_train/<id>, the readers by <id>
-    names = (
-        [Path(line).name for line in ids_file.read_text().split()]
-        if ids_file.is_file()
-        else list(samples.names)
-    )
-    if len(names) < 50:
-        raise ValueError(f"--data {root} holds {len(names)} DSB images; the protocol needs 166")
-    train_names, test_names = names[:-40], names[-40:]
-    return Split(
-        train=[samples[name] for name in train_names[:-10]],
-        val=[samples[name] for name in train_names[-10:]],
-        test=[samples[name] for name in test_names],
-    )
-
-
-def ctc_split(root: str | Path, dataset: str) -> Split:
-    """Annotated frames of sequence 01 train (the last one validates), of 02 evaluate."""
-    from biounet.data.layouts import open_dataset
-
-    folder = Path(root) / dataset if (Path(root) / dataset).is_dir() else Path(root)
-    samples = open_dataset(folder, layout="ctc")
-    first = [name for name in samples.names if name.startswith("01")]
-    second = [name for name in samples.names if name.startswith("02")]
-    if len(first) < 2 or not second:
-        raise ValueError(
-            f"--data {folder} needs annotated frames in 01_GT/SEG (at least 2) and 02_GT/SEG"
-        )
-    return Split(
-        train=[samples[name] for name in first[:-1]],
-        val=[samples[name] for name in first[-1:]],
-        test=[samples[name] for name in second],
-    )
-
-
-def protocol_iterations(
-    experiment: str, preset_name: str, iterations: int | None, overrides: dict | None
-) -> int | None:
-    """The iterations a run trains: `iterations` if given, else the config's, else
-    `CPU_ITERATIONS` for the cpu preset; None leaves the preset's.
-
-    Example:
-        >>> protocol_iterations("dsb2018", "cpu", None, None)
-        3000
-        >>> protocol_iterations("dsb2018", "paper", None, None) is None
-        True
-    """
-    if iterations is not None:
-        return iterations
-    if "iterations" in ((overrides or {}).get("train") or {}) or preset_name != "cpu":
-        return None
-    return CPU_ITERATIONS.get(experiment)
 
 
 def run_experiment(
@@ -133,87 +47,61 @@ def run_experiment(
     label: str | None = None,
     tta: bool = True,
     overrides: dict | None = None,
+    two_networks: bool = False,
 ) -> dict:
     """Train on `split.train`, select on `split.val`, score `split.test`; write results.json.
 
     With `tta` the test images are predicted as the paper's ISBI submission was, averaged
     over rotated and flipped versions of the input (Sec. 4: "averaged over 7 rotated
     versions"; here the 8 symmetries of the square, identity included). `overrides`
-    ({"model": {...}, "train": {...}, "augment": {...}}) change the preset's fields.
-    Without `iterations` (or one in `overrides`) the cpu preset trains `CPU_ITERATIONS`.
-    DSB 2018 trains with `TrainConfig.polarity` "bright_objects" unless `overrides` set
-    it. The test images are scored with the default post-processing; for instances (not
-    isbi2012, not a boundary-class network) results.json also records the threshold and
-    distance seeds `biounet.evaluation.select_postprocess` chooses on the validation
-    images, with the test figures they give (on DSB 2018 they did not beat the defaults
-    in 2 of 3 seeds, so they stay a record, not the score).
+    ({"model": {...}, "train": {...}, "augment": {...}}) change the preset's fields, as
+    `protocol_config` says. With `two_networks`, DSB 2018 trains the two networks of
+    `PROTOCOL_MEMBERS` (one run folder each) and scores the mean of their probabilities,
+    as `predict_ensemble` does; results.json also has each network's own scores
+    (`members`). The test images are scored with the default post-processing; for
+    instances (not isbi2012, not a boundary-class network) results.json also records the
+    threshold and distance seeds `biounet.evaluation.select_postprocess` chooses on the
+    validation images, with the test figures they give (on DSB 2018 they did not beat the
+    defaults in 2 of 3 seeds, so they stay a record, not the score).
     """
-    from biounet.data.dataset import training_images
     from biounet.evaluation import evaluate, select_postprocess
-    from biounet.inference.predict import predict_tiled
-    from biounet.inference.tta import predict_tta
-    from biounet.training.presets import preset, replace_train
-    from biounet.training.trainer import Trainer
-    from biounet.weightfile import load_model
 
     out = Path(out)
-    # the experiment's own selection, unless --config names another (said: a run's saved
-    # config.json always names one, and reused as --config it would change the protocol)
-    own = "rand" if experiment == "isbi2012" else "ap50"
-    metric = ((overrides or {}).get("train") or {}).get("validation_metric") or own
-    if metric != own:
-        logging.getLogger(__name__).warning(
-            "selecting the model by %s from --config, not by %s as the %s protocol does",
-            metric, own, experiment,
-        )
-    config = preset(preset_name).updated(overrides or {})
-    # DSB 2018 mixes fluorescence with brightfield and H&E: its nuclei are shown bright
-    # in every image unless --config says otherwise
-    polarity = ((overrides or {}).get("train") or {}).get("polarity")
-    if polarity is None and experiment == "dsb2018":
-        polarity = "bright_objects"
-    elif experiment == "dsb2018" and polarity != "bright_objects":
-        logging.getLogger(__name__).warning(
-            "training with polarity %s from --config, not bright_objects as the dsb2018 "
-            "protocol does", polarity,
-        )
-    iterations = protocol_iterations(experiment, preset_name, iterations, overrides)
-    config = replace_train(
-        config, iterations=iterations, validation_metric=metric, polarity=polarity
-    )
-    kwargs = {"model_config": config.model, "train_config": config.train}
-    train, val = training_images(split.train, **kwargs), training_images(split.val, **kwargs)
-    test = training_images(split.test, **kwargs)
+    config = protocol_config(experiment, preset_name, iterations, overrides)
+    members = protocol_members(experiment, config, two_networks=two_networks)
     started = time.perf_counter()
-    trainer = Trainer(
-        model_config=config.model,
-        train_config=config.train,
-        augment_config=config.augment,
-        train_images=train,
-        val_images=val,
-        run_dir=out / "train",
-        progress=progress,
-    )
-    result = trainer.fit(resume=(out / "train" / "checkpoint.safetensors").is_file())
+    models, records = [], {}
+    for name, member in members.items():
+        model, records[name] = _train_member(member, split, out / name, progress)
+        models.append(model)
     train_seconds = time.perf_counter() - started
-    model = load_model(out / "train" / "best.safetensors")
-    predict = predict_tta if tta else predict_tiled
+    test = _images(split.test, config)
+    maps = [_member_maps(models, item.image, tta) for item in test]
     predictions = [
-        (item.name, item.labels, _prediction(predict(model, item.image), config.model))
-        for item in test
+        (item.name, item.labels, _prediction(_mean(member_maps), config.model))
+        for item, member_maps in zip(test, maps)
     ]
     groups = "isbi" if experiment == "isbi2012" else "ctc,instance"
+    if len(models) > 1:
+        for index, record in enumerate(records.values()):
+            alone = [
+                (item.name, item.labels, _prediction(member_maps[index], config.model))
+                for item, member_maps in zip(test, maps)
+            ]
+            record["overall"] = evaluate(alone, metrics=groups).overall
     chosen = None
-    if experiment != "isbi2012" and not config.model.boundary_class and val:
+    if experiment != "isbi2012" and not config.model.boundary_class and split.val:
         # threshold and watershed seeds chosen on the validation ids, never on test
         selection_metric = "ap_50" if experiment == "dsb2018" else "seg"
         validation = [
-            (item.name, item.labels, _prediction(predict(model, item.image), config.model))
-            for item in val
+            (item.name, item.labels, _prediction(
+                _mean(_member_maps(models, item.image, tta)), config.model
+            ))
+            for item in _images(split.val, config)
         ]
         postprocess, candidates = select_postprocess(validation, metric=selection_metric)
         chosen = {
-            "selected_by": f"{selection_metric} on the {len(val)} validation images",
+            "selected_by": f"{selection_metric} on the {len(validation)} validation images",
             "threshold": postprocess.threshold,
             "min_seed_prominence_px": postprocess.min_seed_prominence_px,
             "distance_sigma_px": postprocess.distance_sigma_px,
@@ -227,16 +115,18 @@ def run_experiment(
         "experiment": experiment if label is None else f"{experiment} {label}",
         "preset": preset_name,
         "config": config.to_dict(),
-        "iterations": result.step,
+        "iterations": next(iter(records.values()))["iterations"],
         "tta": tta,
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - started,
-        "n_train": len(train),
-        "n_val": len(val),
+        "n_train": len(split.train),
+        "n_val": len(split.val),
         "n_test": len(test),
         "overall": report.overall,
         "images": report.rows,
     }
+    if len(models) > 1:
+        results["members"] = records
     if chosen is not None:
         results["postprocess_chosen_on_validation"] = chosen
     if experiment == "isbi2012":
@@ -253,6 +143,54 @@ def run_experiment(
     with atomic_path(out / "results.json") as temporary:
         temporary.write_text(json_text(results))
     return results
+
+
+def _images(samples: Sequence, config: RunConfig) -> list:
+    from biounet.data.dataset import training_images
+
+    return training_images(samples, model_config=config.model, train_config=config.train)
+
+
+def _train_member(config: RunConfig, split: Split, run_dir: Path, progress: bool) -> tuple:
+    """Train (or resume) one network in `run_dir`; return its best model and a record."""
+    from biounet.training.trainer import Trainer
+    from biounet.weightfile import load_model
+
+    started = time.perf_counter()
+    trainer = Trainer(
+        model_config=config.model,
+        train_config=config.train,
+        augment_config=config.augment,
+        train_images=_images(split.train, config),
+        val_images=_images(split.val, config),
+        run_dir=run_dir,
+        progress=progress,
+    )
+    result = trainer.fit(resume=(run_dir / "checkpoint.safetensors").is_file())
+    record = {
+        "run_dir": run_dir.name,
+        "class_weights": config.train.class_weights,
+        "iterations": result.step,
+        "best_score": result.best_score,
+        "train_seconds": time.perf_counter() - started,
+    }
+    return load_model(run_dir / "best.safetensors"), record
+
+
+def _mean(member_maps: np.ndarray) -> np.ndarray:
+    """The members' mean in float32, summed in float64 as `predict_ensemble` does."""
+    if len(member_maps) == 1:
+        return member_maps[0]
+    return member_maps.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _member_maps(models: Sequence, image: np.ndarray, tta: bool) -> np.ndarray:
+    """(members, K, *spatial) probabilities of each network, averaged over 8 flips with tta."""
+    from biounet.inference.predict import predict_tiled
+    from biounet.inference.tta import predict_tta
+
+    predict = predict_tta if tta else predict_tiled
+    return np.stack([predict(model, image) for model in models])
 
 
 def _prediction(probabilities: np.ndarray, model_config) -> np.ndarray:
@@ -279,6 +217,7 @@ def format_results(results: dict) -> str:
         f"{results['experiment']}: {results['iterations']} iterations "
         f"({results['preset']} preset), {results['n_test']} test images"
         + (", predicted averaged over 8 flips/rotations" if results.get("tta") else "")
+        + (f", mean of {len(results['members'])} networks" if "members" in results else "")
     ]
     paper = results.get("paper_table_1", {})
     for key, value in results["overall"].items():
@@ -296,6 +235,12 @@ def format_results(results: dict) -> str:
         lines.append(
             "  note: the paper's figures are on the challenge's hidden test set; "
             "these are on training slices 20-29, held out from training and selection"
+        )
+    for name, member in results.get("members", {}).items():
+        alone = member.get("overall", {})
+        lines.append(
+            f"  network {name} alone (class_weights {member['class_weights']}): "
+            + ", ".join(f"{key} {alone[key]:.4f}" for key in ("ap_50", "seg") if key in alone)
         )
     chosen = results.get("postprocess_chosen_on_validation")
     if chosen:

@@ -1,7 +1,7 @@
 """Reproduce the paper's experiments on real data: train, predict held-out images, score.
 
   biounet reproduce isbi2012 --data DIR --out RUN [--preset cpu|paper] [--no-tta]
-  biounet reproduce dsb2018  --data DIR --out RUN
+  biounet reproduce dsb2018  --data DIR --out RUN [--two-networks]
   biounet reproduce ctc      --data DIR --dataset DIC-C2DH-HeLa|PhC-C2DH-U373 --out RUN
 
 A run interrupted (Ctrl-C) continues from its checkpoint when started again.
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--dataset", help="for ctc: DIC-C2DH-HeLa or PhC-C2DH-U373")
     parser.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
-    from biounet.reproduce import CPU_ITERATIONS
+    from biounet.protocols import CPU_ITERATIONS
 
     defaults = ", ".join(f"{count} for {name}" for name, count in CPU_ITERATIONS.items())
     parser.add_argument(
@@ -35,17 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="predict the test images once, not averaged over 8 flips/rotations",
     )
+    parser.add_argument(
+        "--two-networks",
+        action="store_true",
+        help="dsb2018: also train a network without eq. 2's class balance and score the "
+        "mean of the two (twice the time)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from biounet.reproduce import (
-        ctc_split,
-        dsb2018_split,
-        format_results,
-        isbi2012_split,
-        run_experiment,
-    )
+    from biounet.protocols import ctc_split, dsb2018_split, isbi2012_split
+    from biounet.reproduce import format_results, run_experiment
 
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be a positive integer, got {args.iterations}")
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         label=args.dataset,
         tta=args.tta,
         overrides=overrides,
+        two_networks=args.two_networks,
     )
     print(format_results(results))
     return 0
