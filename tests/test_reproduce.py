@@ -277,3 +277,10 @@ def test_dsb_protocol_scores_the_mean_of_its_two_networks(data_root, tmp_path, t
                  "--iterations", "1", "--two-networks", "--quiet", "--no-tta"]) == 0
     assert (tmp_path / "two" / "train_unweighted" / "best.safetensors").is_file()
     capsys.readouterr()
+
+
+def test_two_networks_is_refused_where_the_protocol_has_one(tmp_path, capsys):
+    code = main(["reproduce", "isbi2012", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--two-networks"])
+    assert code == 2
+    assert "--two-networks applies to dsb2018 only, got isbi2012" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

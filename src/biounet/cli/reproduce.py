@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be a positive integer, got {args.iterations}")
+    if args.two_networks and args.experiment != "dsb2018":
+        raise ValueError(f"--two-networks applies to dsb2018 only, got {args.experiment}")
     overrides = None
     if args.config:
         from pathlib import Path
