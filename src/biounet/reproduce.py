@@ -16,7 +16,6 @@ Protocols (data sets are never mixed across the split):
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +28,6 @@ from biounet.protocols import protocol_config, protocol_members
 if TYPE_CHECKING:
     from biounet.protocols import Split
     from biounet.training.presets import RunConfig
-
-logger = logging.getLogger(__name__)
 
 PAPER_TABLE_1 = {"warping_error": 0.000353, "rand_error": 0.0382, "pixel_error": 0.0611}
 PAPER_TABLE_2 = {"PhC-C2DH-U373": 0.9203, "DIC-C2DH-HeLa": 0.7756}
